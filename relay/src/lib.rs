@@ -1,0 +1,1 @@
+//! The media engine (upstream, fan-out, feedback, source, record) lands with the relay issue.

@@ -1,0 +1,201 @@
+//! Shared test harness: a server on a free loopback port and peers that
+//! speak to it through the real client over real WebSockets.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use signalling::client::{Client, Events};
+use signalling::protocol::{ErrorCode, Event, Role};
+use signalling::server::{self, ServerConfig, ServerHandle};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub async fn start(cfg: ServerConfig) -> ServerHandle {
+    server::spawn(cfg, "127.0.0.1:0".parse().expect("loopback address"))
+        .await
+        .expect("bind a free loopback port")
+}
+
+pub fn cfg(k: u32, k1: u32) -> ServerConfig {
+    ServerConfig {
+        k,
+        k1,
+        ..ServerConfig::default()
+    }
+}
+
+pub struct Peer {
+    pub client: Client,
+    pub events: Events,
+}
+
+impl Peer {
+    pub async fn connect(srv: &ServerHandle) -> Peer {
+        let (client, events) = Client::connect(&srv.ws_url()).await.expect("connect");
+        Peer { client, events }
+    }
+
+    pub fn id(&self) -> String {
+        self.client.peer_id().to_owned()
+    }
+
+    /// The next event, failing the test if none comes within `WAIT`.
+    pub async fn next(&mut self) -> Event {
+        self.next_within(WAIT)
+            .await
+            .expect("an event within the wait")
+    }
+
+    pub async fn next_within(&mut self, d: Duration) -> Option<Event> {
+        tokio::time::timeout(d, self.events.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Skips events until one matches; returns it.
+    pub async fn wait_for(&mut self, what: &str, f: impl Fn(&Event) -> bool) -> Event {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(ev) if f(&ev) => return ev,
+                Some(_) => continue,
+                None => panic!("no {what} within {WAIT:?}"),
+            }
+        }
+    }
+
+    pub async fn expect_error(&mut self, code: ErrorCode) -> Event {
+        let ev = self.next().await;
+        match &ev {
+            Event::Error(e) if e.code == code => ev,
+            other => panic!("expected error {code}, got {}", other.to_json()),
+        }
+    }
+
+    pub async fn expect_child(&mut self, peer: &str) {
+        match self.next().await {
+            Event::Child(c) if c.peer == peer => {}
+            other => panic!("expected child {peer}, got {}", other.to_json()),
+        }
+    }
+
+    pub async fn expect_child_gone(&mut self, peer: &str) {
+        match self.next().await {
+            Event::ChildGone(c) if c.peer == peer => {}
+            other => panic!("expected child-gone {peer}, got {}", other.to_json()),
+        }
+    }
+
+    /// Returns (parent, depth) of the next `parent` event.
+    pub async fn expect_parent(&mut self) -> (String, u32) {
+        match self.next().await {
+            Event::Parent(p) => (p.parent, p.depth),
+            other => panic!("expected parent, got {}", other.to_json()),
+        }
+    }
+
+    /// Skips other events up to the next `parent`; returns (parent, depth).
+    pub async fn wait_parent(&mut self) -> (String, u32) {
+        match self
+            .wait_for("parent", |e| matches!(e, Event::Parent(_)))
+            .await
+        {
+            Event::Parent(p) => (p.parent, p.depth),
+            _ => unreachable!("wait_for returned a non-matching event"),
+        }
+    }
+
+    /// Asserts that nothing arrives: only for the end of a test, where the
+    /// bound is a courtesy, not a correctness condition.
+    pub async fn expect_quiet(&mut self, d: Duration) {
+        if let Some(ev) = self.next_within(d).await {
+            panic!("unexpected event {}", ev.to_json());
+        }
+    }
+}
+
+/// A source that created a tree; returns (source, tree id, token).
+pub async fn source(srv: &ServerHandle, k: Option<u32>) -> (Peer, String, String) {
+    let p = Peer::connect(srv).await;
+    let c = p.client.create(k).await.expect("create");
+    (p, c.tree, c.token)
+}
+
+/// Joins a fresh peer; returns it with its (parent, depth).
+pub async fn joiner(
+    srv: &ServerHandle,
+    tree: &str,
+    k: Option<u32>,
+    role: Option<Role>,
+) -> (Peer, String, u32) {
+    let p = Peer::connect(srv).await;
+    let j = p.client.join(tree, k, role).await.expect("join");
+    (p, j.parent, j.depth)
+}
+
+/// GET a path from the server with a bare HTTP/1.1 request (no client crate
+/// needed for three endpoints); returns (status, body).
+pub async fn http_get(srv: &ServerHandle, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(srv.addr())
+        .await
+        .expect("connect http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write http");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read http");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("http status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Undo chunked transfer encoding if the server used it.
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub async fn snapshot(srv: &ServerHandle, tree: &str) -> serde_json::Value {
+    let (status, body) = http_get(srv, &format!("/api/trees/{tree}")).await;
+    assert_eq!(status, 200, "snapshot of {tree}: {body}");
+    serde_json::from_str(&body).expect("snapshot is JSON")
+}
+
+/// parent peer id of `peer` in a snapshot.
+pub fn parent_in(snap: &serde_json::Value, peer: &str) -> Option<String> {
+    snap["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["peer"] == peer)?["parent"]
+        .as_str()
+        .map(str::to_owned)
+}
