@@ -442,28 +442,38 @@ fn print_table(rows: &[Row]) {
 // Criterion: the 1e4 and 1e5 cases with criterion's own statistics.
 // ---------------------------------------------------------------------------
 
+/// Times `iters` joins in chunks of at most n/10, undoing each chunk
+/// untimed, so the tree stays near size n however many iterations criterion
+/// asks for.
+fn joins_in_chunks<T, R>(
+    state: &mut T,
+    iters: u64,
+    n: usize,
+    join: impl Fn(&mut T) -> R,
+    undo: impl Fn(&mut T, usize),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters as usize;
+    while left > 0 {
+        let chunk = left.min(n / 10).max(1);
+        let t = Instant::now();
+        for _ in 0..chunk {
+            black_box(join(state));
+        }
+        total += t.elapsed();
+        undo(state, chunk);
+        left -= chunk;
+    }
+    total
+}
+
 fn criterion_benches(c: &mut Criterion, sizes: &[usize]) {
     let mut g = c.benchmark_group("placement");
     g.throughput(Throughput::Elements(1));
     for &n in sizes {
         let mut b = Bench::build(n, 11);
         g.bench_function(BenchmarkId::new("join", n), |bencher| {
-            bencher.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters as usize;
-                while left > 0 {
-                    // Bounded chunks keep the tree near size n.
-                    let chunk = left.min(n / 10).max(1);
-                    let t = Instant::now();
-                    for _ in 0..chunk {
-                        b.join();
-                    }
-                    total += t.elapsed();
-                    b.undo(chunk);
-                    left -= chunk;
-                }
-                total
-            })
+            bencher.iter_custom(|iters| joins_in_chunks(&mut b, iters, n, Bench::join, Bench::undo))
         });
         g.bench_function(BenchmarkId::new("churn", n), |bencher| {
             bencher.iter_custom(|iters| {
@@ -477,21 +487,8 @@ fn criterion_benches(c: &mut Criterion, sizes: &[usize]) {
         });
         let mut seed = Seed::build_direct(n);
         g.bench_function(BenchmarkId::new("seed-join", n), |bencher| {
-            bencher.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters as usize;
-                while left > 0 {
-                    let chunk = left.min(n / 10).max(1);
-                    let t = Instant::now();
-                    for _ in 0..chunk {
-                        seed.join();
-                    }
-                    total += t.elapsed();
-                    seed.undo(chunk);
-                    left -= chunk;
-                }
-                total
-            })
+            bencher
+                .iter_custom(|iters| joins_in_chunks(&mut seed, iters, n, Seed::join, Seed::undo))
         });
     }
     g.finish();

@@ -92,6 +92,12 @@ impl Shared {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Tells a peer why its message was refused, and counts it.
+    fn refuse(&self, to: &Outbox, err: &ProtocolError) {
+        self.metrics.error(err.code);
+        to.push(&err.to_event());
+    }
+
     /// Carries out what a request caused, after the lock is released.
     fn apply(self: &Arc<Self>, fx: Effects) {
         self.metrics.joins.inc_by(fx.joins);
@@ -400,13 +406,11 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
                     None | Some(Ok(Message::Close(_))) => break Exit::Gone,
                     Some(Err(e)) => {
                         if is_too_large(e) {
-                            let err = ProtocolError::new(
+                            shared.refuse(&me, &ProtocolError::new(
                                 ErrorCode::TooLarge,
                                 format!("message larger than {} bytes", cfg.max_message),
                                 None,
-                            );
-                            shared.metrics.error(err.code);
-                            me.push(&err.to_event());
+                            ));
                             break Exit::Close(CLOSE_TOO_BIG, "message too large");
                         }
                         break Exit::Gone;
@@ -422,13 +426,11 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
                 if !limit.admit() {
                     if !limit.warned {
                         limit.warned = true;
-                        let err = ProtocolError::new(
+                        shared.refuse(&me, &ProtocolError::new(
                             ErrorCode::RateLimited,
                             format!("more than {} messages per second; messages dropped", cfg.rate),
                             None,
-                        );
-                        shared.metrics.error(err.code);
-                        me.push(&err.to_event());
+                        ));
                     }
                     continue;
                 }
@@ -453,8 +455,7 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
                 };
                 if let Err(e) = result {
                     debug!(peer = %peer, code = %e.code, "request refused: {}", e.message);
-                    shared.metrics.error(e.code);
-                    me.push(&e.to_event());
+                    shared.refuse(&me, &e);
                     if malformed >= cfg.malformed_limit {
                         break Exit::Close(CLOSE_POLICY, "too many malformed messages");
                     }
