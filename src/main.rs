@@ -1,14 +1,15 @@
 //! `peer-tree-relay`: the command line. Argument parsing, wiring and progress
 //! output only; the work happens in the `signalling` and `relay` crates.
 
-use std::net::SocketAddr;
-use std::process::ExitCode;
-use std::time::Duration;
+mod join_cmd;
+mod media_cmd;
+mod signal_cmd;
+mod source_cmd;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use signalling::protocol::IceServer;
-use signalling::server::{self, ServerConfig};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
 use tracing::info;
 
 #[derive(Parser)]
@@ -28,81 +29,18 @@ struct Cli {
 enum Command {
     /// Run the signalling server: places peers in trees, heals them when peers
     /// leave, and serves the browser client and the watch page on the same port.
-    Signal(SignalArgs),
+    Signal(signal_cmd::SignalArgs),
+    /// Create a tree and stream a video file (and optionally audio and data
+    /// lines) into it. Without --signal it runs its own signalling server.
+    Source(source_cmd::SourceArgs),
+    /// Join a tree as a headless relay: receive every track and data channel
+    /// from the parent and forward them unchanged to up to k children.
+    Join(join_cmd::JoinArgs),
 }
 
-#[derive(Args)]
-struct SignalArgs {
-    /// Address and port for HTTP and WebSocket (`/ws`). Use 0.0.0.0:8080 to
-    /// accept peers from other machines.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Most children any peer may accept (a peer may ask for fewer).
-    #[arg(long, default_value_t = 4)]
-    k: u32,
-    /// Most children a tree's source may accept.
-    #[arg(long, default_value_t = 10)]
-    k1: u32,
-    /// ICE server URL handed to every peer in `hello` (repeatable), e.g.
-    /// stun:stun.example.org:3478.
-    #[arg(long = "ice-server", value_name = "URL")]
-    ice_servers: Vec<String>,
-    /// How often every connection is pinged; two missed intervals remove it.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    ping_interval: Duration,
-    /// How long a tree whose source dropped waits for it to reclaim the tree.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    grace: Duration,
-    /// Largest message accepted, in bytes; larger ones close the connection (1009).
-    #[arg(long, default_value_t = 65536)]
-    max_message: usize,
-    /// Messages per second allowed per connection; more are dropped.
-    #[arg(long, default_value_t = 50)]
-    rate: u32,
-}
-
-impl SignalArgs {
-    fn config(&self) -> Result<ServerConfig> {
-        if self.k1 == 0 {
-            bail!("--k1 must be at least 1: a source with no children can reach nobody");
-        }
-        if self.ping_interval.is_zero() {
-            bail!("--ping-interval must be more than 0 (for example 5s)");
-        }
-        if self.rate == 0 {
-            bail!("--rate must be at least 1 message per second");
-        }
-        if self.max_message < 1024 {
-            bail!("--max-message must be at least 1024 bytes: SDP offers are larger than that");
-        }
-        for url in &self.ice_servers {
-            if !["stun:", "stuns:", "turn:", "turns:"]
-                .iter()
-                .any(|p| url.starts_with(p))
-            {
-                bail!("--ice-server {url:?} must start with stun:, stuns:, turn: or turns:");
-            }
-        }
-        Ok(ServerConfig {
-            k: self.k,
-            k1: self.k1,
-            ice_servers: self
-                .ice_servers
-                .iter()
-                .map(|u| IceServer {
-                    urls: vec![u.clone()],
-                    username: None,
-                    credential: None,
-                })
-                .collect(),
-            ping_interval: self.ping_interval,
-            grace: self.grace,
-            max_message: self.max_message,
-            rate: self.rate,
-            ..ServerConfig::default()
-        })
-    }
-}
+/// Our own progress at info; webrtc's per-connection chatter only when it
+/// warns. `RUST_LOG` overrides.
+const DEFAULT_LOG: &str = "warn,peer_tree_relay=info,relay=info,signalling=info";
 
 /// Errors end the process with one line on stderr and exit code 2, the code
 /// clap uses for bad arguments: everything that fails here is something the
@@ -122,41 +60,23 @@ fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
         match cli.command {
-            Command::Signal(args) => run_signal(args).await,
+            Command::Signal(args) => signal_cmd::run(args).await,
+            Command::Source(args) => source_cmd::run(args).await,
+            Command::Join(args) => join_cmd::run(args).await,
         }
     })
 }
 
-async fn run_signal(args: SignalArgs) -> Result<()> {
-    let cfg = args.config()?;
-    let listener = server::bind(args.listen).with_context(|| {
-        format!(
-            "cannot listen on {}; is another server using that port? Pick another with --listen",
-            args.listen
-        )
-    })?;
-    let addr = listener.local_addr()?;
-    info!(
-        k = cfg.k,
-        k1 = cfg.k1,
-        "signalling server listening on http://{addr} (WebSocket ws://{addr}/ws)"
-    );
-    // Printed on stdout too, so scripts and tests can read the bound port.
-    println!("listening on {addr}");
-    server::serve(cfg, listener, shutdown_signal()).await?;
-    info!("signalling server stopped");
-    Ok(())
-}
-
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

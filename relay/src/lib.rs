@@ -1,1 +1,37 @@
-//! The media engine (upstream, fan-out, feedback, source, record) lands with the relay issue.
+//! The media engine of peer-tree-relay: a tree member that takes RTP tracks
+//! and data channels from one parent (or a file) and forwards them unchanged
+//! to up to k children.
+//!
+//! Data flows one way: `source` (file -> packetizer) or `upstream` (the
+//! parent's connection) -> `forward` (the hub's fan-out) -> `downstream`
+//! (one connection per child). `feedback` carries keyframe requests the other
+//! way; `node` follows the signalling server's tree events; `record` writes
+//! what arrives to a file.
+
+pub mod downstream;
+pub mod feedback;
+pub mod forward;
+pub mod media;
+pub mod node;
+pub mod peer;
+pub mod publish;
+pub mod record;
+pub mod source;
+pub mod upstream;
+
+/// Errors of the media engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("webrtc: {0}")]
+    Webrtc(#[from] webrtc::error::Error),
+    #[error(transparent)]
+    Signalling(#[from] signalling::client::ClientError),
+    #[error("malformed signal: {0}")]
+    BadSignal(String),
+    #[error("unsupported codec {0}; supported: VP8, VP9, AV1, Opus")]
+    UnsupportedCodec(String),
+    #[error("lost the connection to the signalling server")]
+    SignallingLost,
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+}

@@ -1,0 +1,307 @@
+//! The connections to the children: every track and channel of the hub,
+//! offered to each child and fed from the hub's fan-out.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rtc::rtp::packet::Packet;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
+
+use crate::feedback::is_keyframe_request;
+use crate::forward::{
+    starts_keyframe, ChannelHub, DataMsg, Hub, MessageLeg, PacketLeg, TrackHub, LEG_QUEUE_MESSAGES,
+    LEG_QUEUE_PACKETS,
+};
+use crate::media::Codec;
+use crate::peer::{rtp_kind, Link};
+use crate::RelayError;
+
+/// One child: its connection and what it is fed.
+pub struct Downstream {
+    pub link: Arc<Link>,
+    /// Set by the node when the connection reaches `connected`; writers hold
+    /// media until then, so the first packet a child sees starts a keyframe.
+    pub connected: Arc<AtomicBool>,
+    tracks: Vec<(Arc<TrackHub>, u64)>,
+    channels: Vec<(Arc<ChannelHub>, u64)>,
+    /// The last offer carried a data channel, so SCTP is negotiated and new
+    /// channels need no renegotiation.
+    sctp_negotiated: bool,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Downstream {
+    /// Mirrors the hub onto a new connection to `link`'s child and offers.
+    pub async fn open(link: Arc<Link>, hub: &Hub) -> Result<Downstream, RelayError> {
+        let mut d = Downstream {
+            link,
+            connected: Arc::default(),
+            tracks: Vec::new(),
+            channels: Vec::new(),
+            sctp_negotiated: false,
+            tasks: Vec::new(),
+        };
+        d.sync(hub).await?;
+        Ok(d)
+    }
+
+    /// Adds what the hub has and this child lacks; offers again when the
+    /// child's SDP must change (rule 1: the upstream renegotiates). Returns
+    /// whether an offer went out.
+    pub async fn sync(&mut self, hub: &Hub) -> Result<bool, RelayError> {
+        let mut renegotiate = self.tracks.is_empty() && self.channels.is_empty();
+        for t in hub.tracks() {
+            if !self.tracks.iter().any(|(have, _)| Arc::ptr_eq(have, &t)) {
+                self.add_track(hub, t).await?;
+                renegotiate = true;
+            }
+        }
+        for c in hub.channels() {
+            if !self.channels.iter().any(|(have, _)| Arc::ptr_eq(have, &c)) {
+                self.add_channel(hub, c).await?;
+                renegotiate |= !self.sctp_negotiated;
+            }
+        }
+        if renegotiate {
+            self.sctp_negotiated = !self.channels.is_empty();
+            self.link.offer().await?;
+        }
+        Ok(renegotiate)
+    }
+
+    /// The ids of this child's data legs (to find it when one overflows).
+    pub fn owns_message_leg(&self, id: u64) -> bool {
+        self.channels.iter().any(|(_, l)| *l == id)
+    }
+
+    async fn add_track(&mut self, hub: &Hub, t: Arc<TrackHub>) -> Result<(), RelayError> {
+        let codec = t.spec.codec;
+        let ssrc: u32 = rand::random();
+        let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            t.spec.stream_id.clone(),
+            t.spec.track_id.clone(),
+            t.spec.track_id.clone(),
+            rtp_kind(codec),
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtc_codec(),
+                ..Default::default()
+            }],
+        )));
+        let transceiver = self
+            .link
+            .pc
+            .add_transceiver_from_track(
+                local.clone() as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        let sender = transceiver
+            .sender()
+            .await?
+            .ok_or_else(|| RelayError::BadSignal("transceiver without a sender".into()))?;
+        let (tx, rx) = mpsc::channel(LEG_QUEUE_PACKETS);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = hub.leg_id();
+        t.add_leg(PacketLeg {
+            id,
+            tx,
+            lagged: lagged.clone(),
+        });
+        let writer = LegWriter {
+            local: local.clone(),
+            sender,
+            codec,
+            ssrc,
+            hub: t.clone(),
+            lagged,
+            connected: self.connected.clone(),
+            child: self.link.remote.clone(),
+        };
+        self.tasks.push(tokio::spawn(writer.run(rx)));
+        let feedback_hub = t.clone();
+        self.tasks.push(tokio::spawn(async move {
+            while let Some(ev) = local.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(pkts) = ev {
+                    if pkts.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                        feedback_hub.request_keyframe().await;
+                    }
+                }
+            }
+        }));
+        self.tracks.push((t, id));
+        Ok(())
+    }
+
+    async fn add_channel(&mut self, hub: &Hub, c: Arc<ChannelHub>) -> Result<(), RelayError> {
+        let s = &c.spec;
+        let dc = self
+            .link
+            .pc
+            .create_data_channel(
+                &s.label,
+                Some(RTCDataChannelInit {
+                    ordered: s.ordered,
+                    max_retransmits: s.max_retransmits,
+                    max_packet_life_time: s.max_packet_life_time,
+                    protocol: s.protocol.clone(),
+                    negotiated: None,
+                }),
+            )
+            .await?;
+        let (tx, rx) = mpsc::channel(LEG_QUEUE_MESSAGES);
+        let id = hub.leg_id();
+        c.add_leg(MessageLeg { id, tx });
+        self.tasks.push(tokio::spawn(write_channel(dc, rx)));
+        self.channels.push((c, id));
+        Ok(())
+    }
+
+    /// Stops feeding this child and closes its connection at once.
+    pub async fn close(self) {
+        for (t, id) in &self.tracks {
+            t.remove_leg(*id);
+        }
+        for (c, id) in &self.channels {
+            c.remove_leg(*id);
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.link.close().await;
+    }
+}
+
+/// Writes one track's packets to one child: its own SSRC and negotiated
+/// payload type, no header extensions (ids are per connection), and only
+/// from a keyframe on.
+struct LegWriter {
+    local: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    codec: Codec,
+    ssrc: u32,
+    hub: Arc<TrackHub>,
+    lagged: Arc<AtomicBool>,
+    connected: Arc<AtomicBool>,
+    child: String,
+}
+
+impl LegWriter {
+    async fn run(self, mut rx: mpsc::Receiver<Packet>) {
+        let mut payload_type: Option<u8> = None;
+        let mut need_keyframe = true;
+        let mut asked = false;
+        // When this child became able to receive, to report how long it
+        // waited for its first keyframe.
+        let mut connected_at: Option<Instant> = None;
+        while let Some(mut p) = rx.recv().await {
+            if !self.connected.load(Ordering::Acquire) {
+                continue;
+            }
+            let since = *connected_at.get_or_insert_with(Instant::now);
+            if self.lagged.swap(false, Ordering::Relaxed) {
+                debug!(child = %self.child, "queue overflowed; waiting for a keyframe");
+                need_keyframe = true;
+                asked = false;
+            }
+            if need_keyframe {
+                if !starts_keyframe(self.codec, &p.payload) {
+                    if !asked {
+                        asked = true;
+                        self.hub.request_keyframe().await;
+                    }
+                    continue;
+                }
+                need_keyframe = false;
+                if self.codec.is_video() {
+                    info!(
+                        child = %self.child,
+                        "first keyframe for {} after {} ms connected",
+                        self.hub.spec.track_id,
+                        since.elapsed().as_millis()
+                    );
+                }
+            }
+            let pt = match payload_type {
+                Some(pt) => pt,
+                None => match self.negotiated_payload_type().await {
+                    Some(pt) => *payload_type.insert(pt),
+                    None => {
+                        need_keyframe = true;
+                        continue;
+                    }
+                },
+            };
+            p.header.ssrc = self.ssrc;
+            p.header.payload_type = pt;
+            p.header.extension = false;
+            p.header.extensions.clear();
+            p.header.extensions_padding = 0;
+            if let Err(e) = self.local.write_rtp(p).await {
+                debug!(child = %self.child, "write_rtp: {e}");
+            }
+        }
+    }
+
+    /// The child may number the codec differently (browsers offer their own
+    /// payload types); ask what this leg negotiated.
+    async fn negotiated_payload_type(&self) -> Option<u8> {
+        let params = self.sender.get_parameters().await.ok()?;
+        params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| Codec::from_mime(&c.rtp_codec.mime_type) == Some(self.codec))
+            .map(|c| c.payload_type)
+    }
+}
+
+async fn write_channel(dc: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<DataMsg>) {
+    // Messages wait in the leg's queue until the channel opens.
+    loop {
+        match dc.poll().await {
+            Some(DataChannelEvent::OnOpen) => break,
+            Some(_) => continue,
+            None => return,
+        }
+    }
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(m) = m else { break };
+                let sent = if m.text {
+                    dc.send_text(&String::from_utf8_lossy(&m.data)).await
+                } else {
+                    dc.send(BytesMut::from(&m.data[..])).await
+                };
+                if let Err(e) = sent {
+                    info!("data channel send failed: {e}");
+                    break;
+                }
+            }
+            ev = dc.poll() => {
+                if ev.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = dc.close().await;
+}

@@ -1,0 +1,406 @@
+//! Fan-out: every track and data channel this node has, and the children
+//! (legs) each one feeds.
+//!
+//! The hot path is `TrackHub::forward`: one RTP packet in, one bounded-queue
+//! `try_send` per leg out. It never awaits and never takes a lock another
+//! task holds for long, so a slow, stalled or vanished child costs its
+//! siblings nothing: its own queue overflows, and that child alone drops
+//! packets (and then waits for the next keyframe, so it never decodes
+//! garbage). A data-channel leg that overflows is reported to the node, which
+//! drops that child, because a reliable channel must not lose messages and
+//! must not grow memory without bound either.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::packet::Packet;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+use webrtc::media_stream::track_remote::TrackRemote;
+
+use crate::feedback::KeyframeThrottle;
+use crate::media::Codec;
+
+/// RTP packets queued per child and track: about 0.4 s of 5 Mbit/s video.
+pub const LEG_QUEUE_PACKETS: usize = 256;
+/// Data-channel messages queued per child and channel before the child is
+/// dropped as too slow.
+pub const LEG_QUEUE_MESSAGES: usize = 1024;
+
+/// What a track is, as children are told in the offer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackSpec {
+    pub codec: Codec,
+    /// `msid` stream id; kept end to end so a browser deep in the tree sees
+    /// the source's stream.
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// What a data channel is, copied to every child.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSpec {
+    pub label: String,
+    pub protocol: String,
+    pub ordered: bool,
+    pub max_retransmits: Option<u16>,
+    pub max_packet_life_time: Option<u16>,
+}
+
+/// One data-channel message, text or binary as it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataMsg {
+    pub text: bool,
+    pub data: Bytes,
+}
+
+/// A consumer of one track's packets: a child's writer, or the recorder.
+pub struct PacketLeg {
+    pub id: u64,
+    pub tx: mpsc::Sender<Packet>,
+    /// Set when packets were dropped for this leg: its writer must wait for
+    /// the next keyframe before sending again.
+    pub lagged: Arc<AtomicBool>,
+}
+
+/// One track of this node and the legs it feeds.
+pub struct TrackHub {
+    pub spec: TrackSpec,
+    legs: RwLock<Arc<Vec<PacketLeg>>>,
+    /// Where keyframe requests go: the parent's track, if any. A file source
+    /// has none and cannot make keyframes on demand.
+    upstream: Mutex<Option<(Arc<dyn TrackRemote>, u32)>>,
+    throttle: KeyframeThrottle,
+    pub packets_in: AtomicU64,
+    pub packets_dropped: AtomicU64,
+}
+
+impl TrackHub {
+    fn new(spec: TrackSpec) -> Self {
+        TrackHub {
+            spec,
+            legs: RwLock::default(),
+            upstream: Mutex::default(),
+            throttle: KeyframeThrottle::default(),
+            packets_in: AtomicU64::new(0),
+            packets_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// One packet to every leg, without waiting for any of them.
+    pub fn forward(&self, pkt: &Packet) {
+        self.packets_in.fetch_add(1, Ordering::Relaxed);
+        let legs = self
+            .legs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for leg in legs.iter() {
+            if leg.tx.try_send(pkt.clone()).is_err() {
+                self.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                leg.lagged.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn add_leg(&self, leg: PacketLeg) {
+        let mut legs = self.legs.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Vec<PacketLeg> = Vec::with_capacity(legs.len() + 1);
+        next.extend(legs.iter().map(PacketLeg::clone_handle));
+        next.push(leg);
+        *legs = Arc::new(next);
+    }
+
+    pub fn remove_leg(&self, id: u64) {
+        let mut legs = self.legs.write().unwrap_or_else(PoisonError::into_inner);
+        let next: Vec<PacketLeg> = legs
+            .iter()
+            .filter(|l| l.id != id)
+            .map(PacketLeg::clone_handle)
+            .collect();
+        *legs = Arc::new(next);
+    }
+
+    /// Legs fed now: the children, plus the recorder if any.
+    pub fn leg_count(&self) -> usize {
+        self.legs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn set_upstream(&self, track: Option<(Arc<dyn TrackRemote>, u32)>) {
+        *self.upstream.lock().unwrap_or_else(PoisonError::into_inner) = track;
+    }
+
+    /// A child needs a keyframe: ask the parent, merged with other requests
+    /// (at most one per track per 500 ms).
+    pub async fn request_keyframe(&self) {
+        let up = self
+            .upstream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some((track, ssrc)) = up else {
+            return;
+        };
+        if !self.throttle.admit(Instant::now()) {
+            return;
+        }
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+            debug!(track = %self.spec.track_id, "PLI upstream failed: {e}");
+        }
+    }
+}
+
+impl PacketLeg {
+    fn clone_handle(&self) -> PacketLeg {
+        PacketLeg {
+            id: self.id,
+            tx: self.tx.clone(),
+            lagged: self.lagged.clone(),
+        }
+    }
+}
+
+/// A consumer of one channel's messages.
+pub struct MessageLeg {
+    pub id: u64,
+    pub tx: mpsc::Sender<DataMsg>,
+}
+
+/// One data channel of this node and the legs it feeds.
+pub struct ChannelHub {
+    pub spec: ChannelSpec,
+    legs: RwLock<Vec<MessageLeg>>,
+    /// Legs that overflowed, for the node to drop.
+    overflow: mpsc::UnboundedSender<u64>,
+}
+
+impl ChannelHub {
+    /// One message to every leg. A leg whose queue is full is reported; its
+    /// copy of this message is lost with it, since that child is dropped.
+    pub fn publish(&self, msg: &DataMsg) {
+        let legs = self.legs.read().unwrap_or_else(PoisonError::into_inner);
+        for leg in legs.iter() {
+            if leg.tx.try_send(msg.clone()).is_err() {
+                let _ = self.overflow.send(leg.id);
+            }
+        }
+    }
+
+    pub fn add_leg(&self, leg: MessageLeg) {
+        self.legs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(leg);
+    }
+
+    pub fn remove_leg(&self, id: u64) {
+        self.legs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|l| l.id != id);
+    }
+}
+
+/// Every track and channel of this node. Children mirror it; it changes when
+/// the parent's offer brings new tracks, and `changed` tells the node to
+/// renegotiate with its children.
+pub struct Hub {
+    tracks: RwLock<Vec<Arc<TrackHub>>>,
+    channels: RwLock<Vec<Arc<ChannelHub>>>,
+    version: watch::Sender<u64>,
+    overflow: mpsc::UnboundedSender<u64>,
+    next_leg: AtomicU64,
+}
+
+impl Hub {
+    /// Returns the hub and the receiver of overflowing data legs' ids.
+    pub fn new() -> (Arc<Hub>, mpsc::UnboundedReceiver<u64>) {
+        let (overflow, rx) = mpsc::unbounded_channel();
+        let hub = Hub {
+            tracks: RwLock::default(),
+            channels: RwLock::default(),
+            version: watch::channel(0).0,
+            overflow,
+            next_leg: AtomicU64::new(1),
+        };
+        (Arc::new(hub), rx)
+    }
+
+    pub fn leg_id(&self) -> u64 {
+        self.next_leg.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The track with this spec's track id, created if new. Tracks are kept
+    /// across parent changes by id, so children see a gap, not a new track.
+    pub fn track(&self, spec: TrackSpec) -> Arc<TrackHub> {
+        let mut tracks = self.tracks.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = tracks
+            .iter()
+            .find(|t| t.spec.track_id == spec.track_id && t.spec.codec == spec.codec)
+        {
+            return t.clone();
+        }
+        let t = Arc::new(TrackHub::new(spec));
+        tracks.push(t.clone());
+        drop(tracks);
+        self.version.send_modify(|v| *v += 1);
+        t
+    }
+
+    /// The channel with this label, created if new.
+    pub fn channel(&self, spec: ChannelSpec) -> Arc<ChannelHub> {
+        let mut channels = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = channels.iter().find(|c| c.spec.label == spec.label) {
+            return c.clone();
+        }
+        let c = Arc::new(ChannelHub {
+            spec,
+            legs: RwLock::default(),
+            overflow: self.overflow.clone(),
+        });
+        channels.push(c.clone());
+        drop(channels);
+        self.version.send_modify(|v| *v += 1);
+        c
+    }
+
+    pub fn tracks(&self) -> Vec<Arc<TrackHub>> {
+        self.tracks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn channels(&self) -> Vec<Arc<ChannelHub>> {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Bumped whenever a track or channel is added.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+/// True if this RTP payload starts a keyframe: a leg that starts or resumes
+/// here decodes cleanly. Reads only the payload descriptor and the first
+/// bytes of the frame.
+pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::Opus => true,
+        Codec::Vp8 => vp8_starts_keyframe(payload),
+        // VP9 payload descriptor (RFC draft): I|P|L|F|B|E|V|Z. B = start of
+        // frame, P = inter-picture predicted; a keyframe starts with B and no P.
+        Codec::Vp9 => payload
+            .first()
+            .is_some_and(|b| b & 0x08 != 0 && b & 0x40 == 0),
+        // AV1 aggregation header: Z|Y|W W|N|-|-|-; N marks the first packet of
+        // a coded video sequence, which starts with a keyframe.
+        Codec::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
+    }
+}
+
+/// RFC 7741: the payload descriptor, then (on the first packet of a frame,
+/// S = 1 and partition 0) the VP8 frame tag whose lowest bit is 0 for a
+/// keyframe.
+fn vp8_starts_keyframe(p: &[u8]) -> bool {
+    let Some(&b0) = p.first() else { return false };
+    let start = b0 & 0x10 != 0;
+    let partition = b0 & 0x07;
+    if !start || partition != 0 {
+        return false;
+    }
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let Some(&x) = p.get(i) else { return false };
+        i += 1;
+        if x & 0x80 != 0 {
+            // PictureID: 7 or 15 bits.
+            let Some(&pid) = p.get(i) else { return false };
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            i += 1; // TID/Y/KEYIDX
+        }
+    }
+    p.get(i).is_some_and(|tag| tag & 0x01 == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframe_detection() {
+        // S=1, PID 0, no extension; frame tag with P bit 0 -> keyframe.
+        assert!(starts_keyframe(Codec::Vp8, &[0x10, 0x00, 0x00]));
+        assert!(!starts_keyframe(Codec::Vp8, &[0x10, 0x01, 0x00]));
+        // Not the start of a frame.
+        assert!(!starts_keyframe(Codec::Vp8, &[0x00, 0x00]));
+        // X=1, I=1 with a 15-bit picture id, then the tag.
+        assert!(starts_keyframe(Codec::Vp8, &[0x90, 0x80, 0x81, 0x23, 0x00]));
+        assert!(!starts_keyframe(
+            Codec::Vp8,
+            &[0x90, 0x80, 0x81, 0x23, 0x01]
+        ));
+        assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0x80]));
+        assert!(!starts_keyframe(Codec::Vp8, &[]));
+    }
+
+    #[test]
+    fn slow_leg_drops_alone() {
+        let (hub, _) = Hub::new();
+        let t = hub.track(TrackSpec {
+            codec: Codec::Vp8,
+            stream_id: "s".into(),
+            track_id: "v".into(),
+        });
+        let (fast_tx, mut fast_rx) = mpsc::channel(LEG_QUEUE_PACKETS);
+        let (slow_tx, _slow_rx) = mpsc::channel(2);
+        let slow_lagged = Arc::new(AtomicBool::new(false));
+        t.add_leg(PacketLeg {
+            id: 1,
+            tx: fast_tx,
+            lagged: Arc::default(),
+        });
+        t.add_leg(PacketLeg {
+            id: 2,
+            tx: slow_tx,
+            lagged: slow_lagged.clone(),
+        });
+        for seq in 0..10u16 {
+            let mut p = Packet::default();
+            p.header.sequence_number = seq;
+            t.forward(&p);
+        }
+        for seq in 0..10u16 {
+            assert_eq!(
+                fast_rx.try_recv().map(|p| p.header.sequence_number),
+                Ok(seq)
+            );
+        }
+        assert!(slow_lagged.load(Ordering::Relaxed));
+        assert_eq!(t.packets_dropped.load(Ordering::Relaxed), 8);
+        t.remove_leg(2);
+        t.forward(&Packet::default());
+        assert_eq!(t.packets_dropped.load(Ordering::Relaxed), 8);
+    }
+}

@@ -1,0 +1,514 @@
+//! The codec description shared by the file source, the relay and the recorder.
+//!
+//! Besides the SDP-facing facts (MIME type, clock rate, fmtp line, default payload
+//! type, all matching rtc's `register_default_codecs` so a source and a browser agree
+//! without extra configuration) this module holds the little bitstream parsing the
+//! media path needs: is this frame a keyframe, how big is the picture, and is an AV1
+//! temporal unit well formed. None of it decodes anything.
+
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_AV1, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
+};
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+
+/// A codec the source can send, the relay can forward and (video only) the recorder
+/// can write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Vp8,
+    Vp9,
+    Av1,
+    Opus,
+}
+
+/// Every codec, in the order error messages list them.
+pub const ALL_CODECS: [Codec; 4] = [Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::Opus];
+
+impl Codec {
+    /// The MIME type as rtc spells it, e.g. `video/VP8`.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Codec::Vp8 => MIME_TYPE_VP8,
+            Codec::Vp9 => MIME_TYPE_VP9,
+            Codec::Av1 => MIME_TYPE_AV1,
+            Codec::Opus => MIME_TYPE_OPUS,
+        }
+    }
+
+    /// RTP clock rate in Hz: 90 kHz for video, 48 kHz for Opus (RFC 7587 fixes it
+    /// at 48 kHz whatever the input sample rate was).
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Codec::Vp8 | Codec::Vp9 | Codec::Av1 => 90_000,
+            Codec::Opus => 48_000,
+        }
+    }
+
+    /// Channel count as written in SDP: 0 for video, 2 for Opus (RFC 7587 requires
+    /// `opus/48000/2` even for mono streams).
+    pub fn channels(self) -> u16 {
+        match self {
+            Codec::Opus => 2,
+            _ => 0,
+        }
+    }
+
+    /// The fmtp line rtc's `register_default_codecs` registers for this codec's
+    /// default payload type; using the same line keeps codec matching exact.
+    pub fn sdp_fmtp_line(self) -> &'static str {
+        match self {
+            Codec::Vp8 => "",
+            Codec::Vp9 | Codec::Av1 => "profile-id=0",
+            Codec::Opus => "minptime=10;useinbandfec=1",
+        }
+    }
+
+    /// The payload type rtc's default media engine gives this codec.
+    pub fn default_payload_type(self) -> u8 {
+        match self {
+            Codec::Vp8 => 96,
+            Codec::Vp9 => 98,
+            Codec::Av1 => 41,
+            Codec::Opus => 111,
+        }
+    }
+
+    pub fn is_video(self) -> bool {
+        !matches!(self, Codec::Opus)
+    }
+
+    /// Case-insensitive, as MIME types are.
+    pub fn from_mime(mime: &str) -> Option<Codec> {
+        ALL_CODECS
+            .into_iter()
+            .find(|c| c.mime().eq_ignore_ascii_case(mime))
+    }
+
+    /// The IVF fourcc: `VP80`, `VP90` or `AV01`.
+    pub fn from_fourcc(fourcc: &[u8; 4]) -> Option<Codec> {
+        ALL_CODECS
+            .into_iter()
+            .find(|c| c.fourcc().as_ref() == Some(fourcc))
+    }
+
+    /// The IVF fourcc; `None` for Opus, which IVF cannot carry.
+    pub fn fourcc(self) -> Option<[u8; 4]> {
+        match self {
+            Codec::Vp8 => Some(*b"VP80"),
+            Codec::Vp9 => Some(*b"VP90"),
+            Codec::Av1 => Some(*b"AV01"),
+            Codec::Opus => None,
+        }
+    }
+
+    /// Whether a decoder can start at this frame.
+    ///
+    /// VP8: the frame tag's P bit is clear and the keyframe start code follows.
+    /// VP9: the uncompressed header says KEY_FRAME and not show_existing_frame (for a
+    /// superframe the first frame decides, as it is the one decoded first). AV1: the
+    /// temporal unit carries a sequence header and a key frame header; a key frame
+    /// without a sequence header is no use to a decoder joining mid-stream. Opus:
+    /// every packet.
+    pub fn is_keyframe(self, frame: &[u8]) -> bool {
+        match self {
+            Codec::Vp8 => vp8_keyframe_size(frame).is_some(),
+            Codec::Vp9 => vp9_keyframe(frame).is_some(),
+            Codec::Av1 => av1_keyframe(frame).is_some(),
+            Codec::Opus => true,
+        }
+    }
+
+    /// Picture size from a keyframe (`None` for non-keyframes, audio, or sizes that do
+    /// not fit the 16-bit fields of an IVF header). AV1 gives the sequence's maximum
+    /// frame size, which is what an IVF header records.
+    pub fn keyframe_size(self, frame: &[u8]) -> Option<(u16, u16)> {
+        match self {
+            Codec::Vp8 => vp8_keyframe_size(frame),
+            Codec::Vp9 => vp9_keyframe(frame).flatten(),
+            Codec::Av1 => av1_keyframe(frame).flatten(),
+            Codec::Opus => None,
+        }
+    }
+
+    /// Checks that a frame is safe to hand to rtc's payloader. Only AV1 needs it: its
+    /// payloader slices OBUs by their declared sizes and panics when one overruns.
+    /// The error is a short description of what is wrong.
+    pub fn check_frame(self, frame: &[u8]) -> Result<(), String> {
+        match self {
+            Codec::Av1 => for_each_obu(frame, |_| true).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The codec as rtc describes it, with no RTCP feedback (the media engine and
+    /// interceptors add those).
+    pub fn rtc_codec(self) -> RTCRtpCodec {
+        RTCRtpCodec {
+            mime_type: self.mime().to_owned(),
+            clock_rate: self.clock_rate(),
+            channels: self.channels(),
+            sdp_fmtp_line: self.sdp_fmtp_line().to_owned(),
+            rtcp_feedback: vec![],
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Codec::Vp8 => "VP8",
+            Codec::Vp9 => "VP9",
+            Codec::Av1 => "AV1",
+            Codec::Opus => "Opus",
+        })
+    }
+}
+
+/// MSB-first bit reader that answers `None` past the end instead of panicking, so
+/// every header parser below is total over arbitrary input.
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Bits<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Bits { data, pos: 0 }
+    }
+
+    fn bit(&mut self) -> Option<u32> {
+        let byte = *self.data.get(self.pos / 8)?;
+        let b = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Some(u32::from(b))
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        debug_assert!(n <= 32);
+        let mut v: u64 = 0;
+        for _ in 0..n {
+            v = (v << 1) | u64::from(self.bit()?);
+        }
+        u32::try_from(v).ok()
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        self.bit().map(|b| b == 1)
+    }
+
+    /// AV1 uvlc(): only skipped here, so the value may saturate.
+    fn uvlc(&mut self) -> Option<u32> {
+        let mut leading = 0u32;
+        while !self.flag()? {
+            leading += 1;
+            if leading >= 32 {
+                return Some(u32::MAX);
+            }
+        }
+        let v = self.bits(leading)?;
+        Some(v.saturating_add((1u32 << leading) - 1))
+    }
+}
+
+/// VP8 (RFC 6386 §9.1): 3-byte frame tag, then on keyframes the start code
+/// 9d 01 2a and two 16-bit little-endian fields of 14-bit size + 2-bit scale.
+fn vp8_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
+    let tag = frame.first()?;
+    if tag & 1 != 0 || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
+    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
+    Some((w, h))
+}
+
+/// VP9 uncompressed header (VP9 bitstream spec §6.2). `Some(size)` on a keyframe,
+/// the size being `None` when the header ends before it.
+fn vp9_keyframe(frame: &[u8]) -> Option<Option<(u16, u16)>> {
+    let mut r = Bits::new(frame);
+    if r.bits(2)? != 2 {
+        return None; // frame_marker
+    }
+    let low = r.bit()?;
+    let high = r.bit()?;
+    let profile = (high << 1) | low;
+    if profile == 3 && r.bit()? != 0 {
+        return None; // reserved_zero
+    }
+    if r.flag()? {
+        return None; // show_existing_frame: repeats an old frame, decodes nothing new
+    }
+    if r.flag()? {
+        return None; // frame_type 1 = NON_KEY_FRAME
+    }
+    Some(vp9_keyframe_rest(&mut r, profile))
+}
+
+fn vp9_keyframe_rest(r: &mut Bits<'_>, profile: u32) -> Option<(u16, u16)> {
+    r.bits(2)?; // show_frame, error_resilient_mode
+    if r.bits(24)? != 0x49_83_42 {
+        return None; // frame_sync_code
+    }
+    if profile >= 2 {
+        r.bit()?; // ten_or_twelve_bit
+    }
+    let color_space = r.bits(3)?;
+    if color_space != 7 {
+        r.bit()?; // color_range
+        if profile == 1 || profile == 3 {
+            r.bits(3)?; // subsampling_x, subsampling_y, reserved_zero
+        }
+    } else if profile == 1 || profile == 3 {
+        r.bit()?; // reserved_zero
+    }
+    let w = r.bits(16)? + 1;
+    let h = r.bits(16)? + 1;
+    Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
+}
+
+pub(crate) const OBU_SEQUENCE_HEADER: u8 = 1;
+pub(crate) const OBU_FRAME_HEADER: u8 = 3;
+pub(crate) const OBU_FRAME: u8 = 6;
+
+/// One OBU of an AV1 temporal unit: its type and its payload (after the header and
+/// size field).
+pub(crate) struct Obu<'a> {
+    pub(crate) kind: u8,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Standard unsigned LEB128 (AV1 spec §4.10.5), at most 8 bytes, value within u32
+/// (rtc truncates larger values to u32, so anything larger is refused rather than
+/// read two different ways). Returns the value and the bytes used.
+pub(crate) fn read_leb128(data: &[u8]) -> Option<(u32, usize)> {
+    let mut value: u64 = 0;
+    for (i, byte) in data.iter().take(8).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((u32::try_from(value).ok()?, i + 1));
+        }
+    }
+    None
+}
+
+/// Walks the OBUs of a temporal unit in low-overhead format (AV1 spec §5.2); `visit`
+/// returns false to stop early. Errors describe the first malformed OBU.
+pub(crate) fn for_each_obu<'a>(
+    tu: &'a [u8],
+    mut visit: impl FnMut(Obu<'a>) -> bool,
+) -> Result<(), String> {
+    let mut pos = 0usize;
+    let mut index = 0usize;
+    while pos < tu.len() {
+        let rest = &tu[pos..];
+        let header = rest[0];
+        if header & 0x80 != 0 {
+            return Err(format!(
+                "OBU {index} at byte {pos} has its forbidden bit set"
+            ));
+        }
+        let kind = (header >> 3) & 0x0f;
+        let header_len = if header & 0x04 != 0 { 2 } else { 1 };
+        if rest.len() < header_len {
+            return Err(format!(
+                "OBU {index} at byte {pos} is cut off inside its extension header"
+            ));
+        }
+        let (payload, used) = if header & 0x02 != 0 {
+            let (size, leb_len) = read_leb128(&rest[header_len..]).ok_or_else(|| {
+                format!("OBU {index} at byte {pos} has a truncated or oversized size field")
+            })?;
+            let start = header_len + leb_len;
+            let size = size as usize;
+            let available = rest.len() - start;
+            if size > available {
+                return Err(format!(
+                    "OBU {index} at byte {pos} claims {size} bytes but only {available} remain"
+                ));
+            }
+            (&rest[start..start + size], start + size)
+        } else {
+            (&rest[header_len..], rest.len())
+        };
+        if !visit(Obu { kind, payload }) {
+            return Ok(());
+        }
+        pos += used;
+        index += 1;
+    }
+    Ok(())
+}
+
+/// AV1: `Some(size)` when the temporal unit holds a sequence header and a shown or
+/// hidden key frame (not a show_existing_frame). The size comes from the sequence
+/// header (`None` if it could not be parsed).
+fn av1_keyframe(tu: &[u8]) -> Option<Option<(u16, u16)>> {
+    let mut sequence: Option<SequenceHeader> = None;
+    let mut key = false;
+    let walked = for_each_obu(tu, |obu| {
+        match obu.kind {
+            OBU_SEQUENCE_HEADER => sequence = parse_sequence_header(obu.payload),
+            OBU_FRAME_HEADER | OBU_FRAME => {
+                if let Some(seq) = &sequence {
+                    key = is_key_frame_header(obu.payload, seq.reduced_still_picture_header);
+                }
+                // The first frame header of a temporal unit decides, as for VP9.
+                return false;
+            }
+            _ => {}
+        }
+        true
+    });
+    if walked.is_err() || !key {
+        return None;
+    }
+    Some(sequence.and_then(|s| s.max_size))
+}
+
+struct SequenceHeader {
+    reduced_still_picture_header: bool,
+    max_size: Option<(u16, u16)>,
+}
+
+/// AV1 spec §5.5.1, as far as max_frame_{width,height}_minus_1.
+fn parse_sequence_header(payload: &[u8]) -> Option<SequenceHeader> {
+    let mut r = Bits::new(payload);
+    r.bits(3)?; // seq_profile
+    r.bit()?; // still_picture
+    let reduced = r.flag()?;
+    if reduced {
+        r.bits(5)?; // seq_level_idx[0]
+    } else {
+        let timing_info_present = r.flag()?;
+        let mut decoder_model_info_present = false;
+        let mut buffer_delay_length = 0;
+        if timing_info_present {
+            r.bits(32)?; // num_units_in_display_tick
+            r.bits(32)?; // time_scale
+            if r.flag()? {
+                r.uvlc()?; // num_ticks_per_picture_minus_1
+            }
+            decoder_model_info_present = r.flag()?;
+            if decoder_model_info_present {
+                buffer_delay_length = r.bits(5)? + 1;
+                r.bits(32)?; // num_units_in_decoding_tick
+                r.bits(10)?; // buffer_removal_time_length_minus_1, frame_presentation_time_length_minus_1
+            }
+        }
+        let initial_display_delay_present = r.flag()?;
+        let operating_points = r.bits(5)? + 1;
+        for _ in 0..operating_points {
+            r.bits(12)?; // operating_point_idc
+            let level = r.bits(5)?;
+            if level > 7 {
+                r.bit()?; // seq_tier
+            }
+            if decoder_model_info_present && r.flag()? {
+                r.bits(buffer_delay_length)?; // decoder_buffer_delay
+                r.bits(buffer_delay_length)?; // encoder_buffer_delay
+                r.bit()?; // low_delay_mode_flag
+            }
+            if initial_display_delay_present && r.flag()? {
+                r.bits(4)?; // initial_display_delay_minus_1
+            }
+        }
+    }
+    let size = (|| {
+        let width_bits = r.bits(4)? + 1;
+        let height_bits = r.bits(4)? + 1;
+        let w = u64::from(r.bits(width_bits)?) + 1;
+        let h = u64::from(r.bits(height_bits)?) + 1;
+        Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
+    })();
+    Some(SequenceHeader {
+        reduced_still_picture_header: reduced,
+        max_size: size,
+    })
+}
+
+/// AV1 spec §5.9.2: the first bits of uncompressed_header().
+fn is_key_frame_header(payload: &[u8], reduced_still_picture_header: bool) -> bool {
+    if reduced_still_picture_header {
+        return true; // such streams hold key frames only
+    }
+    let mut r = Bits::new(payload);
+    match (r.flag(), r.bits(2)) {
+        (Some(false), Some(frame_type)) => frame_type == 0,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdp_facts_match_rtc_defaults() {
+        assert_eq!(Codec::Vp8.mime(), "video/VP8");
+        assert_eq!(Codec::Opus.mime(), "audio/opus");
+        assert_eq!(Codec::from_mime("VIDEO/vp9"), Some(Codec::Vp9));
+        assert_eq!(Codec::from_mime("video/H264"), None);
+        assert_eq!(Codec::from_fourcc(b"AV01"), Some(Codec::Av1));
+        assert_eq!(Codec::from_fourcc(b"H264"), None);
+        for c in ALL_CODECS {
+            assert_eq!(
+                c.fourcc().and_then(|f| Codec::from_fourcc(&f)),
+                c.fourcc().map(|_| c)
+            );
+            let rc = c.rtc_codec();
+            assert_eq!(rc.clock_rate, c.clock_rate());
+            assert!(rc.payloader().is_ok(), "{c} has an rtc payloader");
+        }
+        assert_eq!(
+            [96, 98, 41, 111],
+            ALL_CODECS.map(|c| c.default_payload_type())
+        );
+    }
+
+    #[test]
+    fn vp8_keyframe_and_size() {
+        let key = [
+            0x90, 0x9c, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01, 0x00,
+        ];
+        assert!(Codec::Vp8.is_keyframe(&key));
+        assert_eq!(Codec::Vp8.keyframe_size(&key), Some((640, 360)));
+        let mut inter = key;
+        inter[0] |= 1;
+        assert!(!Codec::Vp8.is_keyframe(&inter));
+        assert!(!Codec::Vp8.is_keyframe(&[]));
+        assert!(!Codec::Vp8.is_keyframe(&key[..5]));
+    }
+
+    #[test]
+    fn vp9_keyframe_and_size() {
+        // From the VP9 sample: profile 0 keyframe, 640x360.
+        let key = [0x82, 0x49, 0x83, 0x42, 0x00, 0x27, 0xf0, 0x16, 0x76, 0x08];
+        assert!(Codec::Vp9.is_keyframe(&key));
+        assert_eq!(Codec::Vp9.keyframe_size(&key), Some((640, 360)));
+        // frame_type = 1
+        assert!(!Codec::Vp9.is_keyframe(&[0x86, 0x00]));
+        // show_existing_frame = 1
+        assert!(!Codec::Vp9.is_keyframe(&[0x88]));
+        assert!(!Codec::Vp9.is_keyframe(&[]));
+    }
+
+    #[test]
+    fn leb128_limits() {
+        assert_eq!(read_leb128(&[0x05]), Some((5, 1)));
+        assert_eq!(read_leb128(&[0x80, 0x01]), Some((128, 2)));
+        assert_eq!(read_leb128(&[0x80]), None);
+        assert_eq!(read_leb128(&[0xff, 0xff, 0xff, 0xff, 0x7f]), None); // > u32
+        assert_eq!(read_leb128(&[0xff; 9]), None);
+    }
+
+    #[test]
+    fn av1_obu_walk_reports_overruns() {
+        // temporal delimiter, then an OBU_FRAME claiming 10 bytes with 2 present
+        let tu = [0x12, 0x00, 0x32, 0x0a, 0x01, 0x02];
+        let err = Codec::Av1.check_frame(&tu).unwrap_err();
+        assert!(err.contains("claims 10 bytes but only 2 remain"), "{err}");
+        assert!(Codec::Av1.check_frame(&[0x12, 0x00]).is_ok());
+        assert!(Codec::Av1.check_frame(&[0x16]).is_err()); // extension header cut off
+        assert!(!Codec::Av1.is_keyframe(&tu));
+    }
+}

@@ -1,0 +1,339 @@
+//! A tree member's life: reacting to the signalling server's events by
+//! opening, moving and closing peer connections. The same loop serves the
+//! file source (no parent; its hub is fed from the file) and the relay (its
+//! hub is fed by the parent). Where the node sits is the server's business:
+//! this code only follows `child`, `child-gone` and `parent`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use signalling::client::{Client, Events};
+use signalling::protocol::Event;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use crate::downstream::Downstream;
+use crate::forward::{DataMsg, Hub, PacketLeg, TrackHub};
+use crate::peer::{Link, LinkConfig, LinkEvent};
+use crate::record::IvfRecorder;
+use crate::upstream::Upstream;
+use crate::RelayError;
+
+/// What a node does besides forwarding.
+#[derive(Default)]
+pub struct NodeOptions {
+    pub link: LinkConfig,
+    /// Record the first video track to this IVF file.
+    pub record: Option<PathBuf>,
+    /// Every data-channel message received from the parent.
+    pub data_out: Option<mpsc::UnboundedSender<DataMsg>>,
+}
+
+/// Why a node stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The server closed the tree (`reason` as it said).
+    TreeClosed(String),
+    /// The caller's shutdown future completed.
+    Shutdown,
+}
+
+pub struct Node {
+    client: Client,
+    events: Events,
+    opts: NodeOptions,
+    hub: Arc<Hub>,
+    overflow: mpsc::UnboundedReceiver<u64>,
+    links_tx: mpsc::UnboundedSender<(String, LinkEvent)>,
+    links_rx: mpsc::UnboundedReceiver<(String, LinkEvent)>,
+    parent: Option<String>,
+    upstream: Option<Upstream>,
+    children: HashMap<String, Child>,
+    /// Children announced before this node had anything to offer them.
+    waiting: Vec<String>,
+    recording: bool,
+}
+
+/// A child and the state of its negotiation.
+struct Child {
+    down: Downstream,
+    /// An offer is out; another must wait for its answer, or the answer
+    /// would meet a newer local description (glare with ourselves).
+    offer_out: bool,
+    /// The hub changed while an offer was out.
+    dirty: bool,
+}
+
+impl Node {
+    pub fn new(
+        client: Client,
+        events: Events,
+        hub: Arc<Hub>,
+        overflow: mpsc::UnboundedReceiver<u64>,
+        parent: Option<String>,
+        opts: NodeOptions,
+    ) -> Node {
+        let (links_tx, links_rx) = mpsc::unbounded_channel();
+        Node {
+            client,
+            events,
+            opts,
+            hub,
+            overflow,
+            links_tx,
+            links_rx,
+            parent,
+            upstream: None,
+            children: HashMap::new(),
+            waiting: Vec::new(),
+            recording: false,
+        }
+    }
+
+    /// Serves until the tree closes, the server goes away, or `shutdown`.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Exit, RelayError> {
+        tokio::pin!(shutdown);
+        let mut hub_changes = self.hub.subscribe();
+        let exit = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(Exit::Shutdown),
+                ev = self.events.next() => {
+                    let Some(ev) = ev else {
+                        break Err(RelayError::SignallingLost);
+                    };
+                    if let Some(exit) = self.on_event(ev).await {
+                        break Ok(exit);
+                    }
+                }
+                Some((from, ev)) = self.links_rx.recv() => self.on_link_event(from, ev).await,
+                Some(leg) = self.overflow.recv() => self.drop_slow_child(leg).await,
+                changed = hub_changes.changed() => {
+                    if changed.is_ok() {
+                        self.on_hub_changed().await;
+                    }
+                }
+            }
+        };
+        self.close_all().await;
+        exit
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Option<Exit> {
+        match ev {
+            Event::Child(c) => {
+                info!(child = %c.peer, "new child");
+                if self.hub.tracks().is_empty() && self.hub.channels().is_empty() {
+                    self.waiting.push(c.peer);
+                } else if let Err(e) = self.open_child(&c.peer).await {
+                    warn!(child = %c.peer, "cannot connect to child: {e}");
+                }
+            }
+            Event::ChildGone(c) => {
+                self.waiting.retain(|w| *w != c.peer);
+                if let Some(child) = self.children.remove(&c.peer) {
+                    info!(child = %c.peer, "child gone; closing its connection");
+                    child.down.close().await;
+                }
+            }
+            Event::Parent(p) => {
+                if self.parent.as_deref() != Some(p.parent.as_str()) {
+                    info!(parent = %p.parent, depth = p.depth, "new parent");
+                    if let Some(up) = self.upstream.take() {
+                        up.close(&self.hub).await;
+                    }
+                    self.parent = Some(p.parent);
+                }
+            }
+            Event::Signal(s) => self.on_signal(&s.from, s.data.get()).await,
+            Event::TreeClosed(t) => return Some(Exit::TreeClosed(t.reason)),
+            Event::Error(e) => debug!("server: {}: {}", e.code, e.message),
+            other => debug!("ignoring {}", other.type_name()),
+        }
+        None
+    }
+
+    async fn on_signal(&mut self, from: &str, data: &str) {
+        if self.parent.as_deref() == Some(from) {
+            if self.upstream.is_none() {
+                match Link::new(&self.opts.link, &self.client, from, self.links_tx.clone()).await {
+                    Ok(link) => self.upstream = Some(Upstream::new(link)),
+                    Err(e) => {
+                        warn!(parent = %from, "cannot create the upstream connection: {e}");
+                        return;
+                    }
+                }
+            }
+            if let Some(up) = &self.upstream {
+                if let Err(e) = up.link.on_signal(data).await {
+                    warn!(parent = %from, "bad signal from parent: {e}");
+                }
+            }
+            return;
+        }
+        let Some(child) = self.children.get_mut(from) else {
+            debug!(peer = %from, "signal from a peer that is not a neighbour now");
+            return;
+        };
+        let is_answer = data.contains("\"answer\"");
+        if let Err(e) = child.down.link.on_signal(data).await {
+            warn!(child = %from, "bad signal from child: {e}");
+            return;
+        }
+        if is_answer {
+            child.offer_out = false;
+            if std::mem::take(&mut child.dirty) {
+                Self::sync_child(from, child, &self.hub).await;
+            }
+        }
+    }
+
+    async fn on_link_event(&mut self, from: String, ev: LinkEvent) {
+        let from_parent = self.parent.as_deref() == Some(from.as_str())
+            && self
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.link.remote == from);
+        match ev {
+            LinkEvent::Track(track) if from_parent => {
+                let Some(up) = self.upstream.as_mut() else {
+                    return;
+                };
+                match up.on_track(&self.hub, track).await {
+                    Ok(t) => self.maybe_record(&t),
+                    Err(e) => warn!("upstream track refused: {e}"),
+                }
+            }
+            LinkEvent::DataChannel(dc) if from_parent => {
+                let Some(up) = self.upstream.as_mut() else {
+                    return;
+                };
+                if let Err(e) = up
+                    .on_data_channel(&self.hub, dc, self.opts.data_out.clone())
+                    .await
+                {
+                    warn!("upstream data channel refused: {e}");
+                }
+            }
+            LinkEvent::State(state) => {
+                debug!(peer = %from, ?state, "connection state");
+                if let Some(child) = self.children.get(&from) {
+                    if state == RTCPeerConnectionState::Connected {
+                        info!(child = %from, "child connected");
+                        child.down.connected.store(true, Ordering::Release);
+                    }
+                } else if from_parent && state == RTCPeerConnectionState::Connected {
+                    info!(parent = %from, "connected to parent");
+                } else if from_parent && state == RTCPeerConnectionState::Failed {
+                    warn!(parent = %from, "connection to parent failed");
+                }
+            }
+            // Children never open tracks or channels towards their parent.
+            LinkEvent::Track(_) | LinkEvent::DataChannel(_) => {}
+        }
+    }
+
+    async fn open_child(&mut self, peer: &str) -> Result<(), RelayError> {
+        let link = Link::new(&self.opts.link, &self.client, peer, self.links_tx.clone()).await?;
+        let down = Downstream::open(link, &self.hub).await?;
+        self.children.insert(
+            peer.to_owned(),
+            Child {
+                down,
+                offer_out: true,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn on_hub_changed(&mut self) {
+        for peer in std::mem::take(&mut self.waiting) {
+            if let Err(e) = self.open_child(&peer).await {
+                warn!(child = %peer, "cannot connect to child: {e}");
+            }
+        }
+        for (peer, child) in self.children.iter_mut() {
+            if child.offer_out {
+                child.dirty = true;
+            } else {
+                Self::sync_child(peer, child, &self.hub).await;
+            }
+        }
+    }
+
+    async fn sync_child(peer: &str, child: &mut Child, hub: &Hub) {
+        match child.down.sync(hub).await {
+            Ok(offered) => child.offer_out |= offered,
+            Err(e) => warn!(child = %peer, "renegotiation failed: {e}"),
+        }
+    }
+
+    async fn drop_slow_child(&mut self, leg: u64) {
+        let Some(peer) = self
+            .children
+            .iter()
+            .find(|(_, c)| c.down.owns_message_leg(leg))
+            .map(|(p, _)| p.clone())
+        else {
+            return;
+        };
+        warn!(
+            child = %peer,
+            "child's data-channel backlog passed {} messages; dropping it",
+            crate::forward::LEG_QUEUE_MESSAGES
+        );
+        if let Some(child) = self.children.remove(&peer) {
+            child.down.close().await;
+        }
+    }
+
+    /// `--record`: the first video track also feeds an IVF recorder.
+    fn maybe_record(&mut self, track: &Arc<TrackHub>) {
+        let Some(path) = self.opts.record.clone() else {
+            return;
+        };
+        if self.recording || !track.spec.codec.is_video() {
+            return;
+        }
+        self.recording = true;
+        let (tx, mut rx) = mpsc::channel(4096);
+        track.add_leg(PacketLeg {
+            id: self.hub.leg_id(),
+            tx,
+            lagged: Arc::default(),
+        });
+        let codec = track.spec.codec;
+        tokio::spawn(async move {
+            let mut rec = match IvfRecorder::create(&path, codec) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("cannot record to {}: {e}", path.display());
+                    return;
+                }
+            };
+            info!("recording {} to {}", codec.mime(), path.display());
+            while let Some(p) = rx.recv().await {
+                if let Err(e) = rec.push(&p) {
+                    warn!("recording stopped: {e}");
+                    break;
+                }
+            }
+            if let Err(e) = rec.finish() {
+                warn!("finishing {}: {e}", path.display());
+            }
+        });
+    }
+
+    async fn close_all(&mut self) {
+        for (_, child) in self.children.drain() {
+            child.down.close().await;
+        }
+        if let Some(up) = self.upstream.take() {
+            up.close(&self.hub).await;
+        }
+    }
+}

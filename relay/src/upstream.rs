@@ -1,0 +1,134 @@
+//! The one connection to the parent: its tracks and channels flow into the
+//! hub, from which the children are fed.
+
+use std::sync::Arc;
+
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::info;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use crate::forward::{ChannelSpec, DataMsg, Hub, TrackHub, TrackSpec};
+use crate::media::Codec;
+use crate::peer::Link;
+use crate::RelayError;
+
+pub struct Upstream {
+    pub link: Arc<Link>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn new(link: Arc<Link>) -> Upstream {
+        Upstream {
+            link,
+            readers: Vec::new(),
+        }
+    }
+
+    /// A track from the parent (its first packet just arrived): read it into
+    /// the hub's track of the same id. Returns that track.
+    pub async fn on_track(
+        &mut self,
+        hub: &Hub,
+        track: Arc<dyn TrackRemote>,
+    ) -> Result<Arc<TrackHub>, RelayError> {
+        let ssrc = track
+            .ssrcs()
+            .await
+            .first()
+            .copied()
+            .ok_or_else(|| RelayError::BadSignal("track without an SSRC".into()))?;
+        let codec_info = track
+            .codec(ssrc)
+            .await
+            .ok_or_else(|| RelayError::BadSignal("track without a codec".into()))?;
+        let codec = Codec::from_mime(&codec_info.mime_type)
+            .ok_or_else(|| RelayError::UnsupportedCodec(codec_info.mime_type.clone()))?;
+        let kind = track.kind().await;
+        if (kind == RtpCodecKind::Video) != codec.is_video() {
+            return Err(RelayError::BadSignal(format!(
+                "{} track carries {}",
+                kind, codec_info.mime_type
+            )));
+        }
+        let spec = TrackSpec {
+            codec,
+            stream_id: track.stream_id().await,
+            track_id: track.track_id().await,
+        };
+        info!(
+            "upstream track {} ({}, stream {})",
+            spec.track_id,
+            codec.mime(),
+            spec.stream_id
+        );
+        let hub_track = hub.track(spec);
+        hub_track.set_upstream(Some((track.clone(), ssrc)));
+        let t = hub_track.clone();
+        self.readers.push(tokio::spawn(async move {
+            while let Some(ev) = track.poll().await {
+                match ev {
+                    TrackRemoteEvent::OnRtpPacket(p) => t.forward(&p),
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+        }));
+        Ok(hub_track)
+    }
+
+    /// A data channel the parent opened: its messages go to the hub's channel
+    /// of the same label (and to `tap`, for `--data-out`).
+    pub async fn on_data_channel(
+        &mut self,
+        hub: &Hub,
+        dc: Arc<dyn DataChannel>,
+        tap: Option<mpsc::UnboundedSender<DataMsg>>,
+    ) -> Result<(), RelayError> {
+        let spec = ChannelSpec {
+            label: dc.label().await?,
+            protocol: dc.protocol().await?,
+            ordered: dc.ordered().await?,
+            // webrtc-rs 0.21 does not report the remote's partial-reliability
+            // parameters for in-band channels (they come back as None), so a
+            // relay can only forward the reliable kind faithfully.
+            max_retransmits: dc.max_retransmits().await?,
+            max_packet_life_time: dc.max_packet_life_time().await?,
+        };
+        info!("upstream data channel {:?}", spec.label);
+        let ch = hub.channel(spec);
+        self.readers.push(tokio::spawn(async move {
+            while let Some(ev) = dc.poll().await {
+                if let DataChannelEvent::OnMessage(m) = ev {
+                    let msg = DataMsg {
+                        text: m.is_string,
+                        data: m.data.freeze(),
+                    };
+                    ch.publish(&msg);
+                    if let Some(tap) = &tap {
+                        let _ = tap.send(msg);
+                    }
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    pub async fn close(self, hub: &Hub) {
+        for t in hub.tracks() {
+            t.set_upstream(None);
+        }
+        self.link.close().await;
+        info!(parent = %self.link.remote, "upstream connection closed");
+        for r in self.readers {
+            // The readers end by themselves once the connection is closed;
+            // a reader stuck in a callback must not outlive its link.
+            if !r.is_finished() {
+                r.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `peer-tree-relay join <treeID>`: a headless relay.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use relay::forward::Hub;
+use relay::node::{Node, NodeOptions};
+use relay::peer::LinkConfig;
+use signalling::client::Client;
+use signalling::protocol::Role;
+use tracing::info;
+
+use crate::media_cmd::{data_out, report_exit, udp_addrs};
+use crate::shutdown_signal;
+
+#[derive(Args)]
+pub struct JoinArgs {
+    /// The tree to join, as `source` printed it.
+    tree: String,
+    /// The signalling server's WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    signal: String,
+    /// Most children this relay accepts (capped by the server's k).
+    #[arg(long)]
+    k: Option<u32>,
+    /// Write the first video track to this IVF file, from the first keyframe.
+    #[arg(long, value_name = "OUT.ivf")]
+    record: Option<PathBuf>,
+    /// Write every data-channel message to this file (`-` for stdout), one per
+    /// line; binary messages as `base64:...`.
+    #[arg(long, value_name = "-|FILE")]
+    data_out: Option<String>,
+    /// UDP address to gather ICE candidates on (repeatable), e.g.
+    /// 192.168.1.5:0. Default: every interface, or loopback when --signal is
+    /// a loopback address.
+    #[arg(long = "udp-addr", value_name = "ADDR")]
+    udp_addrs: Vec<SocketAddr>,
+}
+
+pub async fn run(args: JoinArgs) -> Result<()> {
+    let udp = udp_addrs(&args.signal, &args.udp_addrs)?;
+    let data_out = args.data_out.as_deref().map(data_out).transpose()?;
+    let (client, events) = Client::connect(&args.signal).await?;
+    let joined = client
+        .join(&args.tree, args.k, Some(Role::Relay))
+        .await
+        .with_context(|| format!("cannot join tree {}", args.tree))?;
+    info!(
+        parent = %joined.parent,
+        depth = joined.depth,
+        "joined tree {} as relay {}",
+        joined.tree,
+        client.peer_id()
+    );
+    let (hub, overflow) = Hub::new();
+    let opts = NodeOptions {
+        link: LinkConfig {
+            udp_addrs: udp,
+            ice_servers: client.hello().ice_servers.clone(),
+        },
+        record: args.record,
+        data_out,
+    };
+    let node = Node::new(client, events, hub, overflow, Some(joined.parent), opts);
+    report_exit(node.run(shutdown_signal()).await?);
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! What `source` and `join` share: where ICE gathers, where data-channel
+//! messages are written, how a node's end is reported.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use relay::forward::DataMsg;
+use relay::node::Exit;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Host candidates on every interface by default; only loopback when the
+/// signalling server is on loopback (nothing else could reach it anyway, and
+/// webrtc-rs skips loopback when it binds every interface); `--udp-addr`
+/// wins over both.
+pub fn udp_addrs(signal_url: &str, explicit: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
+    if !explicit.is_empty() {
+        return Ok(explicit.to_vec());
+    }
+    let uri: http::Uri = signal_url
+        .parse()
+        .with_context(|| format!("--signal {signal_url:?} is not a URL like ws://host:8080/ws"))?;
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let loopback = match host.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback().then_some(ip),
+        Err(_) => (host == "localhost").then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    };
+    Ok(match loopback {
+        Some(IpAddr::V6(_)) => vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)],
+        Some(IpAddr::V4(_)) => vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)],
+        None => Vec::new(),
+    })
+}
+
+/// `--data-out -|FILE`: one line per message; text as it came, binary as
+/// `base64:` and its bytes in base64, so every message stays one line.
+pub fn data_out(target: &str) -> Result<mpsc::UnboundedSender<DataMsg>> {
+    let mut out: Box<dyn Write + Send> = if target == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        let path = PathBuf::from(target);
+        Box::new(
+            std::fs::File::create(&path)
+                .with_context(|| format!("cannot create --data-out file {}", path.display()))?,
+        )
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<DataMsg>();
+    std::thread::spawn(move || {
+        while let Some(m) = rx.blocking_recv() {
+            let line = if m.text {
+                String::from_utf8_lossy(&m.data).into_owned()
+            } else {
+                format!(
+                    "base64:{}",
+                    base64::engine::general_purpose::STANDARD.encode(&m.data)
+                )
+            };
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                warn!("--data-out: cannot write; stopping");
+                break;
+            }
+        }
+    });
+    Ok(tx)
+}
+
+/// Says why the node stopped. Both ends are a normal exit (status 0).
+pub fn report_exit(exit: Exit) {
+    match exit {
+        Exit::TreeClosed(reason) => {
+            info!("the tree was closed ({reason}); exiting");
+            eprintln!("tree closed ({reason})");
+        }
+        Exit::Shutdown => info!("stopped"),
+    }
+}

@@ -1,0 +1,259 @@
+//! End to end, every process real, on loopback: a signalling server, a file
+//! source, relays at depths 1, 2 and 3, the last one recording.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+use relay::source::VideoFile;
+
+/// IVF frames of a file that may still be growing: a partial last frame is
+/// left out rather than treated as corruption.
+fn ivf_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    if bytes.len() < 32 {
+        return Vec::new();
+    }
+    let header_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
+    let mut at = header_len;
+    let mut frames = Vec::new();
+    while at + 12 <= bytes.len() {
+        let size =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let start = at + 12;
+        if start + size > bytes.len() {
+            break;
+        }
+        frames.push(bytes[start..start + size].to_vec());
+        at = start + size;
+    }
+    frames
+}
+
+fn log_has(p: &Proc, needle: &str) -> Option<()> {
+    p.log_text().contains(needle).then_some(())
+}
+
+#[test]
+fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
+    let s = Scratch::new("chain");
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let source_frames = VideoFile::open(&video)
+        .expect("sample parses")
+        .frames()
+        .to_vec();
+    let (_sig, url) = signal_server(&s, &["--k", "2"]);
+    let mut src = Proc::spawn(
+        &s,
+        "source",
+        &[
+            "source",
+            "--file",
+            video.to_str().unwrap(),
+            "--loop",
+            "--signal",
+            &url,
+            "--k1",
+            "1",
+            "--data-in",
+            "-",
+        ],
+        true,
+    );
+    let tree = src
+        .line("tree:", Duration::from_secs(30))
+        .trim_start_matches("tree:")
+        .trim()
+        .to_owned();
+
+    // Join one at a time so the depths are 1, 2, 3: the two upper relays
+    // take one child each.
+    let mut r1 = Proc::spawn(
+        &s,
+        "relay1",
+        &["join", &tree, "--signal", &url, "--k", "1"],
+        false,
+    );
+    until("relay1 joined", Duration::from_secs(20), || {
+        log_has(&r1, "joined tree")
+    });
+    let r2 = Proc::spawn(
+        &s,
+        "relay2",
+        &["join", &tree, "--signal", &url, "--k", "1"],
+        false,
+    );
+    until("relay2 joined", Duration::from_secs(20), || {
+        log_has(&r2, "depth=2")
+    });
+    let rec = s.path("leaf.ivf");
+    let data = s.path("leaf-data.txt");
+    let leaf = Proc::spawn(
+        &s,
+        "leaf",
+        &[
+            "join",
+            &tree,
+            "--signal",
+            &url,
+            "--record",
+            rec.to_str().unwrap(),
+            "--data-out",
+            data.to_str().unwrap(),
+        ],
+        false,
+    );
+    until("leaf joined at depth 3", Duration::from_secs(20), || {
+        log_has(&leaf, "depth=3")
+    });
+
+    // Video: the leaf's frames are the file's frames, byte for byte, from the
+    // first keyframe it recorded (the source loops, so wrap around).
+    let t0 = Instant::now();
+    let frames = until("60 recorded frames", Duration::from_secs(30), || {
+        let f = ivf_frames(&rec);
+        (f.len() >= 60).then_some(f)
+    });
+    eprintln!(
+        "leaf recorded its first 60 frames {:?} after joining",
+        t0.elapsed()
+    );
+    let start = source_frames
+        .iter()
+        .position(|f| f.data[..] == frames[0][..])
+        .expect("the first recorded frame is one of the file's frames");
+    assert!(
+        source_frames[start].keyframe,
+        "recording starts at a keyframe"
+    );
+    for (i, f) in frames.iter().enumerate() {
+        let want = &source_frames[(start + i) % source_frames.len()].data;
+        assert!(
+            want[..] == f[..],
+            "recorded frame {i} differs from file frame {}",
+            (start + i) % source_frames.len()
+        );
+    }
+
+    // Data: 1000 lines into the source's stdin arrive complete and in order.
+    let stdin = src.stdin.as_mut().expect("source stdin");
+    until(
+        "the data channel reaches the leaf",
+        Duration::from_secs(20),
+        || {
+            writeln!(stdin, "ping").ok()?;
+            stdin.flush().ok()?;
+            std::fs::read_to_string(&data)
+                .ok()?
+                .contains("ping")
+                .then_some(())
+        },
+    );
+    for i in 0..1000 {
+        writeln!(stdin, "line-{i}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let lines = until("1000 lines at depth 3", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&data).ok()?;
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("line-"))
+            .map(str::to_owned)
+            .collect();
+        (lines.len() >= 1000).then_some(lines)
+    });
+    let want: Vec<String> = (0..1000).map(|i| format!("line-{i}")).collect();
+    assert_eq!(lines, want, "messages complete and in order");
+
+    // Kill the depth-1 relay: its child is re-placed under the source and
+    // the leaf, two hops down, records again.
+    let before = ivf_frames(&rec).len();
+    let killed = Instant::now();
+    r1.kill();
+    until("the leaf records again", Duration::from_secs(2), || {
+        (ivf_frames(&rec).len() > before + 5).then_some(())
+    });
+    eprintln!(
+        "leaf recording again {:?} after SIGKILL of the depth-1 relay",
+        killed.elapsed()
+    );
+    let after = ivf_frames(&rec);
+    let resumed = &after[before..];
+    let at = source_frames
+        .iter()
+        .position(|f| f.data[..] == resumed[0][..])
+        .expect("resumed frames are the file's frames");
+    for (i, f) in resumed.iter().enumerate() {
+        assert!(
+            source_frames[(at + i) % source_frames.len()].data[..] == f[..],
+            "frame {i} after the kill"
+        );
+    }
+}
+
+fn expect_one_line_error(args: &[&str], what: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run peer-tree-relay");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: exit status; stderr:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{what}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    stderr
+}
+
+#[test]
+fn bad_files_give_one_line_and_exit_code_2() {
+    let s = Scratch::new("badfiles");
+    let good = std::fs::read(sample("testsrc-640x360-vp8.ivf")).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = s.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let truncated = write("truncated.ivf", &good[..good.len() / 2 + 7]);
+    let mut bad_header = good.clone();
+    bad_header[..4].copy_from_slice(b"RIFF");
+    let bad_header = write("bad-header.ivf", &bad_header);
+    let mut past_end = good.clone();
+    past_end[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+    let past_end = write("past-end.ivf", &past_end);
+    let mut h264 = good.clone();
+    h264[8..12].copy_from_slice(b"H264");
+    let h264 = write("h264.ivf", &h264);
+    let missing = s.path("missing.ivf").to_str().unwrap().to_owned();
+
+    for (file, what, needle) in [
+        (&missing, "missing file", "missing.ivf"),
+        (&truncated, "truncated IVF", "truncated.ivf"),
+        (&bad_header, "bad header", "bad-header.ivf"),
+        (&past_end, "frame size past the end", "past-end.ivf"),
+        (&h264, "unsupported codec", "H264"),
+    ] {
+        let err = expect_one_line_error(
+            &["source", "--file", file, "--signal", "ws://127.0.0.1:9/ws"],
+            what,
+        );
+        assert!(err.contains(needle), "{what}: {err}");
+    }
+}
+
+#[test]
+fn relay_with_unknown_tree_exits_with_no_such_tree() {
+    let s = Scratch::new("unknown");
+    let (_sig, url) = signal_server(&s, &[]);
+    let err = expect_one_line_error(&["join", "not-a-tree", "--signal", &url], "unknown tree");
+    assert!(err.contains("no-such-tree"), "{err}");
+}
