@@ -92,6 +92,12 @@ pub async fn run(args: SourceArgs) -> Result<()> {
         "relay: peer-tree-relay join {} --signal {signal_url}",
         created.tree
     );
+    if running_from_checkout() {
+        println!(
+            "       (from this checkout: cargo run --release -- join {} --signal {signal_url})",
+            created.tree
+        );
+    }
     let _ = std::io::stdout().flush();
 
     let (hub, overflow) = Hub::new();
@@ -163,6 +169,14 @@ pub async fn run(args: SourceArgs) -> Result<()> {
     reporter.abort();
     report_exit(exit);
     Ok(())
+}
+
+/// True when this binary was started by `cargo run` from a checkout (it
+/// lives under `target/`), where `peer-tree-relay` is not on the PATH.
+fn running_from_checkout() -> bool {
+    std::env::current_exe()
+        .map(|p| p.components().any(|c| c.as_os_str() == "target"))
+        .unwrap_or(false)
 }
 
 /// 127.0.0.1:8080, or the next free port: a second source on the same

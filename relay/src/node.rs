@@ -18,7 +18,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::downstream::Downstream;
 use crate::forward::{DataMsg, Hub, PacketLeg, TrackHub};
-use crate::peer::{Link, LinkConfig, LinkEvent};
+use crate::peer::{Applied, Link, LinkConfig, LinkEvent};
 use crate::record::IvfRecorder;
 use crate::upstream::Upstream;
 use crate::RelayError;
@@ -178,12 +178,14 @@ impl Node {
             debug!(peer = %from, "signal from a peer that is not a neighbour now");
             return;
         };
-        let is_answer = data.contains("\"answer\"");
-        if let Err(e) = child.down.link.on_signal(data).await {
-            warn!(child = %from, "bad signal from child: {e}");
-            return;
-        }
-        if is_answer {
+        let applied = match child.down.link.on_signal(data).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(child = %from, "bad signal from child: {e}");
+                return;
+            }
+        };
+        if applied == Applied::Answer {
             child.offer_out = false;
             if std::mem::take(&mut child.dirty) {
                 Self::sync_child(from, child, &self.hub).await;

@@ -56,6 +56,17 @@ pub enum LinkEvent {
 /// Events tagged with the neighbour they came from.
 pub type LinkEvents = mpsc::UnboundedSender<(String, LinkEvent)>;
 
+/// What a `signal` payload turned out to be, once applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// An offer, now answered.
+    Offer,
+    Answer,
+    Candidate,
+    /// End of candidates, or a form this version does not know.
+    Nothing,
+}
+
 /// One peer connection with one neighbour (the parent or a child).
 pub struct Link {
     pub pc: Arc<dyn PeerConnection>,
@@ -195,7 +206,7 @@ impl Link {
 
     /// Applies one `signal` payload from the neighbour: an offer (answered),
     /// an answer, or an ICE candidate.
-    pub async fn on_signal(&self, data: &str) -> Result<(), RelayError> {
+    pub async fn on_signal(&self, data: &str) -> Result<Applied, RelayError> {
         let v: Value = serde_json::from_str(data)
             .map_err(|e| RelayError::BadSignal(format!("not JSON: {e}")))?;
         if let Some(sdp) = v.get("sdp") {
@@ -213,21 +224,22 @@ impl Link {
             for c in early {
                 self.add_candidate(c).await;
             }
-            if is_offer {
-                let answer = self.pc.create_answer(None).await?;
-                self.pc.set_local_description(answer.clone()).await?;
-                self.client
-                    .signal(&self.remote, &json!({ "sdp": answer }))?;
+            if !is_offer {
+                return Ok(Applied::Answer);
             }
-            return Ok(());
+            let answer = self.pc.create_answer(None).await?;
+            self.pc.set_local_description(answer.clone()).await?;
+            self.client
+                .signal(&self.remote, &json!({ "sdp": answer }))?;
+            return Ok(Applied::Offer);
         }
         match v.get("candidate") {
-            Some(Value::Null) | None => Ok(()), // end of candidates, or nothing we know
+            Some(Value::Null) | None => Ok(Applied::Nothing),
             Some(c) => {
                 let init: RTCIceCandidateInit = serde_json::from_value(c.clone())
                     .map_err(|e| RelayError::BadSignal(format!("bad candidate: {e}")))?;
                 if init.candidate.is_empty() {
-                    return Ok(());
+                    return Ok(Applied::Nothing);
                 }
                 if self.remote_set.load(Ordering::Acquire) {
                     self.add_candidate(init).await;
@@ -237,7 +249,7 @@ impl Link {
                         .unwrap_or_else(PoisonError::into_inner)
                         .push(init);
                 }
-                Ok(())
+                Ok(Applied::Candidate)
             }
         }
     }
