@@ -257,3 +257,128 @@ fn relay_with_unknown_tree_exits_with_no_such_tree() {
     let err = expect_one_line_error(&["join", "not-a-tree", "--signal", &url], "unknown tree");
     assert!(err.contains("no-such-tree"), "{err}");
 }
+
+/// A child frozen with SIGSTOP stops acknowledging: its data backlog passes
+/// the limit and its relay drops it, while its sibling receives every
+/// message in order.
+#[test]
+fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
+    let s = Scratch::new("stalled");
+    let video = sample("testsrc-640x360-vp8.ivf");
+    // A long ping interval keeps the server from removing the frozen child
+    // first (SIGSTOP silences its WebSocket too): this test is about the
+    // relay's own limit.
+    let (_sig, url) = signal_server(&s, &["--k", "2", "--ping-interval", "120s"]);
+    let mut src = Proc::spawn(
+        &s,
+        "source",
+        &[
+            "source",
+            "--file",
+            video.to_str().unwrap(),
+            "--loop",
+            "--signal",
+            &url,
+            "--k1",
+            "1",
+            "--data-in",
+            "-",
+        ],
+        true,
+    );
+    let tree = src
+        .line("tree:", Duration::from_secs(30))
+        .trim_start_matches("tree:")
+        .trim()
+        .to_owned();
+    let relay = Proc::spawn(
+        &s,
+        "relay",
+        &["join", &tree, "--signal", &url, "--k", "2"],
+        false,
+    );
+    until("relay joined", Duration::from_secs(20), || {
+        log_has(&relay, "joined tree")
+    });
+    let frozen_data = s.path("frozen.txt");
+    let frozen = Proc::spawn(
+        &s,
+        "frozen",
+        &[
+            "join",
+            &tree,
+            "--signal",
+            &url,
+            "--k",
+            "0",
+            "--data-out",
+            frozen_data.to_str().unwrap(),
+        ],
+        false,
+    );
+    let fine_data = s.path("fine.txt");
+    let _fine = Proc::spawn(
+        &s,
+        "fine",
+        &[
+            "join",
+            &tree,
+            "--signal",
+            &url,
+            "--k",
+            "0",
+            "--data-out",
+            fine_data.to_str().unwrap(),
+        ],
+        false,
+    );
+    let stdin = src.stdin.as_mut().expect("source stdin");
+    until("both leaves get data", Duration::from_secs(20), || {
+        writeln!(stdin, "ping").ok()?;
+        stdin.flush().ok()?;
+        let a = std::fs::read_to_string(&frozen_data).ok()?.contains("ping");
+        let b = std::fs::read_to_string(&fine_data).ok()?.contains("ping");
+        (a && b).then_some(())
+    });
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &frozen.child.id().to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+
+    // 4000 lines of 1 KB, at 500 per second (a rate every live child keeps
+    // up with): more than the frozen child's receive window, the relay's
+    // send buffer and the leg queue together.
+    let pad = "x".repeat(1000);
+    for i in 0..4000 {
+        writeln!(stdin, "line-{i:04}-{pad}").unwrap();
+        if i % 50 == 49 {
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    stdin.flush().unwrap();
+    until(
+        "the relay drops the frozen child",
+        Duration::from_secs(30),
+        || log_has(&relay, "backlog passed"),
+    );
+    let lines = until(
+        "4000 lines at the other child",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&fine_data).ok()?;
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("line-"))
+                .map(|l| l[..9].to_owned())
+                .collect();
+            (lines.len() >= 4000).then_some(lines)
+        },
+    );
+    let want: Vec<String> = (0..4000).map(|i| format!("line-{i:04}")).collect();
+    assert_eq!(lines, want, "the sibling got every message, in order");
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &frozen.child.id().to_string()])
+        .status();
+}

@@ -46,6 +46,9 @@ pub struct LinkConfig {
 /// away: 64 (the default) lost retransmissions at 15k packets/s.
 const SRTP_REPLAY_WINDOW: usize = 8192;
 
+/// Bytes a data channel may hold unacknowledged before sends wait.
+const DATA_CHANNEL_SEND_BUFFER: usize = 1 << 20;
+
 /// What a link reports to the node that owns it.
 pub enum LinkEvent {
     Track(Arc<dyn TrackRemote>),
@@ -176,6 +179,10 @@ impl Link {
             .with_media_engine(me)
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
+            // Without a bound a stalled child's channel buffers without
+            // limit; with it, sends wait, the child's leg queue fills, and the
+            // node drops that child (forward.rs).
+            .with_data_channel_send_buffer_limit(DATA_CHANNEL_SEND_BUFFER)
             .with_handler(Arc::new(Handler {
                 remote: remote.to_owned(),
                 client: client.clone(),
