@@ -34,7 +34,7 @@ use clap::Parser;
 use futures_util::stream::{self, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use signalling::protocol::{Event, Joined};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
@@ -344,47 +344,12 @@ fn loopback_addr(url: &str) -> Result<SocketAddr> {
 // Plain HTTP, for /metrics and /api/trees
 
 async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    tokio::time::timeout(HTTP_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        s.take(256 << 20).read_to_end(&mut raw).await?;
-        let text = String::from_utf8(raw).context("response is not UTF-8")?;
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .context("response has no end of headers")?;
-        let status = head.lines().next().unwrap_or_default();
-        if !status.contains(" 200 ") {
-            bail!("GET {path}: {status}");
-        }
-        let chunked = head.lines().any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("transfer-encoding:") && l.contains("chunked")
-        });
-        if chunked {
-            dechunk(body)
-        } else {
-            Ok(body.to_owned())
-        }
-    })
-    .await
-    .with_context(|| format!("GET {path} took over {HTTP_TIMEOUT:?}"))?
-}
-
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("bad chunk header")?;
-        let size = size.split(';').next().unwrap_or_default().trim();
-        let n = usize::from_str_radix(size, 16).context("bad chunk size")?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let chunk = rest.get(..n).context("truncated chunk")?;
-        out.push_str(chunk);
-        body = rest.get(n + 2..).context("truncated chunk")?;
+    let (status, body) =
+        signalling::client::http_get(&addr.to_string(), path, HTTP_TIMEOUT).await?;
+    if status != 200 {
+        bail!("GET {path}: HTTP {status}");
     }
+    Ok(body)
 }
 
 /// `name value` lines of the Prometheus text format (labels kept in the name).

@@ -249,29 +249,16 @@ async fn report_progress(progress: Arc<Progress>, hub: Arc<Hub>, http_base: Stri
     }
 }
 
-/// Peers in the tree, from the server's `/api/trees/{id}`. A bare HTTP/1.1
-/// GET: one small JSON document from our own server does not warrant an HTTP
-/// client dependency.
+/// Peers in the tree, from the server's `/api/trees/{id}`.
 async fn tree_size(http_base: &str, tree: &str) -> Option<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hostport = http_base.strip_prefix("http://")?;
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(hostport),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let req =
-        format!("GET /api/trees/{tree} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf))
+    let path = format!("/api/trees/{tree}");
+    let (status, body) = signalling::client::http_get(hostport, &path, Duration::from_secs(1))
         .await
-        .ok()?
         .ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v.get("size")?.as_u64()
 }

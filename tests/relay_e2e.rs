@@ -34,6 +34,30 @@ fn ivf_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
     frames
 }
 
+/// A source looping `video` with one child slot and its data channel fed
+/// from stdin; returns it and its tree id.
+fn looping_source(s: &Scratch, url: &str, video: &std::path::Path) -> (Proc, String) {
+    let args = [
+        "source",
+        "--file",
+        video.to_str().expect("UTF-8 path"),
+        "--loop",
+        "--signal",
+        url,
+        "--k1",
+        "1",
+        "--data-in",
+        "-",
+    ];
+    let src = Proc::spawn(s, "source", &args, true);
+    let tree = src
+        .line("tree:", Duration::from_secs(30))
+        .trim_start_matches("tree:")
+        .trim()
+        .to_owned();
+    (src, tree)
+}
+
 fn log_has(p: &Proc, needle: &str) -> Option<()> {
     p.log_text().contains(needle).then_some(())
 }
@@ -47,28 +71,7 @@ fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
         .frames()
         .to_vec();
     let (_sig, url) = signal_server(&s, &["--k", "2"]);
-    let mut src = Proc::spawn(
-        &s,
-        "source",
-        &[
-            "source",
-            "--file",
-            video.to_str().unwrap(),
-            "--loop",
-            "--signal",
-            &url,
-            "--k1",
-            "1",
-            "--data-in",
-            "-",
-        ],
-        true,
-    );
-    let tree = src
-        .line("tree:", Duration::from_secs(30))
-        .trim_start_matches("tree:")
-        .trim()
-        .to_owned();
+    let (mut src, tree) = looping_source(&s, &url, &video);
 
     // Join one at a time so the depths are 1, 2, 3: the two upper relays
     // take one child each.
@@ -269,28 +272,7 @@ fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
     // first (SIGSTOP silences its WebSocket too): this test is about the
     // relay's own limit.
     let (_sig, url) = signal_server(&s, &["--k", "2", "--ping-interval", "120s"]);
-    let mut src = Proc::spawn(
-        &s,
-        "source",
-        &[
-            "source",
-            "--file",
-            video.to_str().unwrap(),
-            "--loop",
-            "--signal",
-            &url,
-            "--k1",
-            "1",
-            "--data-in",
-            "-",
-        ],
-        true,
-    );
-    let tree = src
-        .line("tree:", Duration::from_secs(30))
-        .trim_start_matches("tree:")
-        .trim()
-        .to_owned();
+    let (mut src, tree) = looping_source(&s, &url, &video);
     let relay = Proc::spawn(
         &s,
         "relay",

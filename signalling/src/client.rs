@@ -40,6 +40,8 @@ pub enum ClientError {
     Timeout(&'static str, Duration),
     #[error("the server refused `{re}`: {code}: {message}", re = .0.re.as_deref().unwrap_or("?"), code = .0.code, message = .0.message)]
     Refused(ErrorMsg),
+    #[error("HTTP request to the signalling server failed: {0}")]
+    Http(String),
     #[error("the server answered with an unexpected `{0}`")]
     Unexpected(&'static str),
     #[error("could not encode the signal payload: {0}")]
@@ -370,4 +372,69 @@ impl Client {
 
 fn unexpected(ev: Event) -> ClientError {
     ClientError::Unexpected(ev.type_name())
+}
+
+/// GETs `path` from the signalling server's HTTP side (`/healthz`,
+/// `/metrics`, `/api/trees/{id}`) at `addr` (`host:port`); returns the status
+/// and the body. A bare HTTP/1.1 request: three small endpoints of our own
+/// server do not warrant an HTTP client dependency in every tool.
+pub async fn http_get(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        ClientError::Http(format!("{what} {addr}{path}: {e}"))
+    };
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail("connect", &e))?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| fail("write", &e))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| fail("read", &e))?;
+        Ok::<_, ClientError>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| fail("timed out", &format!("{timeout:?}")))??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| fail("no HTTP header in reply from", &""))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| fail("no HTTP status from", &""))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }

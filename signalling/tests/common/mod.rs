@@ -136,52 +136,11 @@ pub async fn joiner(
     (p, j.parent, j.depth)
 }
 
-/// GET a path from the server with a bare HTTP/1.1 request (no client crate
-/// needed for three endpoints); returns (status, body).
+/// GET a path from the server; returns (status, body).
 pub async fn http_get(srv: &ServerHandle, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(srv.addr())
+    signalling::client::http_get(&srv.addr().to_string(), path, WAIT)
         .await
-        .expect("connect http");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write http");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read http");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("http status");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    // Undo chunked transfer encoding if the server used it.
-    let body = if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(&body)
-    } else {
-        body
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+        .expect("HTTP GET")
 }
 
 pub async fn snapshot(srv: &ServerHandle, tree: &str) -> serde_json::Value {
