@@ -18,6 +18,7 @@ use crate::shutdown_signal;
 #[derive(Args)]
 pub struct JoinArgs {
     /// The tree to join, as `source` printed it.
+    #[arg(allow_hyphen_values = true)]
     tree: String,
     /// The signalling server's WebSocket URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]

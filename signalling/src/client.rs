@@ -26,7 +26,7 @@ use crate::protocol::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the signalling server at {url}: {source}")]
+    #[error("cannot connect to the signalling server at {url} (is it running? check --signal)")]
     Connect {
         url: String,
         #[source]

@@ -146,11 +146,19 @@ impl Outbox {
     }
 }
 
-/// A random URL-safe id from the OS-seeded CSPRNG (`bytes` * 8 bits).
+/// A random URL-safe id from the OS-seeded CSPRNG (`bytes` * 8 bits). Never
+/// starts with `-`, which a command line would read as an option
+/// (`peer-tree-relay join -abc...`); redrawing costs 1/64 of the first
+/// character's values, nothing of the id's strength.
 pub(crate) fn new_id(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    rand::fill(&mut buf[..]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+    loop {
+        rand::fill(&mut buf[..]);
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf);
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 /// A running server: its address and the means to stop it.
