@@ -58,6 +58,17 @@ fn looping_source(s: &Scratch, url: &str, video: &std::path::Path) -> (Proc, Str
     (src, tree)
 }
 
+/// A relay joining `tree`, once its log shows `ready`.
+fn relay(s: &Scratch, name: &str, url: &str, tree: &str, extra: &[&str], ready: &str) -> Proc {
+    let mut args = vec!["join", tree, "--signal", url];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(s, name, &args, false);
+    until(&format!("{name}: {ready}"), Duration::from_secs(20), || {
+        log_has(&p, ready)
+    });
+    p
+}
+
 fn log_has(p: &Proc, needle: &str) -> Option<()> {
     p.log_text().contains(needle).then_some(())
 }
@@ -75,44 +86,23 @@ fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
 
     // Join one at a time so the depths are 1, 2, 3: the two upper relays
     // take one child each.
-    let mut r1 = Proc::spawn(
-        &s,
-        "relay1",
-        &["join", &tree, "--signal", &url, "--k", "1"],
-        false,
-    );
-    until("relay1 joined", Duration::from_secs(20), || {
-        log_has(&r1, "joined tree")
-    });
-    let r2 = Proc::spawn(
-        &s,
-        "relay2",
-        &["join", &tree, "--signal", &url, "--k", "1"],
-        false,
-    );
-    until("relay2 joined", Duration::from_secs(20), || {
-        log_has(&r2, "depth=2")
-    });
+    let mut r1 = relay(&s, "relay1", &url, &tree, &["--k", "1"], "joined tree");
+    let _r2 = relay(&s, "relay2", &url, &tree, &["--k", "1"], "depth=2");
     let rec = s.path("leaf.ivf");
     let data = s.path("leaf-data.txt");
-    let leaf = Proc::spawn(
+    let _leaf = relay(
         &s,
         "leaf",
+        &url,
+        &tree,
         &[
-            "join",
-            &tree,
-            "--signal",
-            &url,
             "--record",
             rec.to_str().unwrap(),
             "--data-out",
             data.to_str().unwrap(),
         ],
-        false,
+        "depth=3",
     );
-    until("leaf joined at depth 3", Duration::from_secs(20), || {
-        log_has(&leaf, "depth=3")
-    });
 
     // Video: the leaf's frames are the file's frames, byte for byte, from the
     // first keyframe it recorded (the source loops, so wrap around).
@@ -273,46 +263,24 @@ fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
     // relay's own limit.
     let (_sig, url) = signal_server(&s, &["--k", "2", "--ping-interval", "120s"]);
     let (mut src, tree) = looping_source(&s, &url, &video);
-    let relay = Proc::spawn(
-        &s,
-        "relay",
-        &["join", &tree, "--signal", &url, "--k", "2"],
-        false,
-    );
-    until("relay joined", Duration::from_secs(20), || {
-        log_has(&relay, "joined tree")
-    });
+    let mid = relay(&s, "relay", &url, &tree, &["--k", "2"], "joined tree");
     let frozen_data = s.path("frozen.txt");
-    let frozen = Proc::spawn(
+    let frozen = relay(
         &s,
         "frozen",
-        &[
-            "join",
-            &tree,
-            "--signal",
-            &url,
-            "--k",
-            "0",
-            "--data-out",
-            frozen_data.to_str().unwrap(),
-        ],
-        false,
+        &url,
+        &tree,
+        &["--k", "0", "--data-out", frozen_data.to_str().unwrap()],
+        "joined tree",
     );
     let fine_data = s.path("fine.txt");
-    let _fine = Proc::spawn(
+    let _fine = relay(
         &s,
         "fine",
-        &[
-            "join",
-            &tree,
-            "--signal",
-            &url,
-            "--k",
-            "0",
-            "--data-out",
-            fine_data.to_str().unwrap(),
-        ],
-        false,
+        &url,
+        &tree,
+        &["--k", "0", "--data-out", fine_data.to_str().unwrap()],
+        "joined tree",
     );
     let stdin = src.stdin.as_mut().expect("source stdin");
     until("both leaves get data", Duration::from_secs(20), || {
@@ -343,7 +311,7 @@ fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
     until(
         "the relay drops the frozen child",
         Duration::from_secs(30),
-        || log_has(&relay, "backlog passed"),
+        || log_has(&mid, "backlog passed"),
     );
     let lines = until(
         "4000 lines at the other child",
