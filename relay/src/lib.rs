@@ -16,6 +16,7 @@ pub mod node;
 pub mod peer;
 pub mod publish;
 pub mod record;
+pub mod runtime;
 pub mod source;
 pub mod upstream;
 

@@ -30,6 +30,7 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 
 use crate::feedback::FeedbackTap;
 use crate::media::Codec;
+use crate::runtime::RelayRuntime;
 use crate::RelayError;
 
 /// How every peer connection of this process is built.
@@ -179,6 +180,7 @@ impl Link {
             .with_media_engine(me)
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
+            .with_runtime(Arc::new(RelayRuntime::default()))
             // Without a bound a stalled child's channel buffers without
             // limit; with it, sends wait, the child's leg queue fills, and the
             // node drops that child (forward.rs).
