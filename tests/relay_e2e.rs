@@ -332,3 +332,23 @@ fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
         .args(["-CONT", &frozen.child.id().to_string()])
         .status();
 }
+
+/// Ctrl-C on the source closes the tree for everyone at once; a relay says
+/// so and exits 0.
+#[test]
+fn relay_exits_0_when_the_source_stops() {
+    let s = Scratch::new("closed");
+    let (_sig, url) = signal_server(&s, &[]);
+    let (mut src, tree) = looping_source(&s, &url, &sample("testsrc-640x360-vp8.ivf"));
+    let mut r = relay(&s, "relay", &url, &tree, &[], "connected to parent");
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &src.child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    // Well inside the server's 15 s grace: the source said `leave`.
+    let status = r.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "relay log:\n{}", r.log_text());
+    assert!(r.log_text().contains("tree closed (source-left)"));
+    assert!(src.wait(Duration::from_secs(5)).success());
+}

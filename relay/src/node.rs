@@ -9,6 +9,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use signalling::client::{Client, Events};
 use signalling::protocol::Event;
@@ -119,6 +120,15 @@ impl Node {
             }
         };
         self.close_all().await;
+        if exit.as_ref().is_ok_and(|e| *e == Exit::Shutdown) {
+            // Said rather than left to the socket's close: a source that
+            // leaves closes its tree at once instead of after the grace
+            // period, and a relay's children are re-placed without delay.
+            let leave = tokio::time::timeout(Duration::from_secs(1), self.client.leave());
+            if let Ok(Err(e)) = leave.await {
+                debug!("leave: {e}");
+            }
+        }
         exit
     }
 
