@@ -1,5 +1,11 @@
 //! File media without a network: IVF/Ogg reading, packetizing, scheduling and
-//! recording, checked against the shared sample files and synthetic corruptions.
+//! recording, checked against the committed sample files and synthetic
+//! corruptions.
+//!
+//! `tests/data/testsrc2-640x360-vp9.ivf` (300 frames at 30 fps, keyframe every
+//! 30 frames) was made with
+//! `ffmpeg -f lavfi -i testsrc2=size=640x360:rate=30 -t 10 -c:v libvpx-vp9 -b:v 80k
+//! -g 30 -keyint_min 30 -deadline realtime -cpu-used 8 -f ivf testsrc2-640x360-vp9.ivf`.
 //!
 //! `tests/data/testsrc-160x90-av1.ivf` (23 KB, 60 frames at 15 fps, keyframe every
 //! 15 frames) was made with
@@ -18,22 +24,23 @@ use relay::source::{
 };
 use rtc::rtp::packet::Packet;
 
-fn shared_media(name: &str) -> PathBuf {
+/// The samples committed under the workspace's examples/media/.
+fn example_media(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/media")
+        .join("../examples/media")
         .join(name)
 }
 
 fn vp8_path() -> PathBuf {
-    shared_media("testsrc-640x360-vp8.ivf")
+    example_media("testsrc-640x360-vp8.ivf")
 }
 
 fn vp9_path() -> PathBuf {
-    shared_media("testsrc2-640x360-vp9.ivf")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/testsrc2-640x360-vp9.ivf")
 }
 
 fn ogg_path() -> PathBuf {
-    shared_media("sine-440hz.ogg")
+    example_media("sine-440hz.ogg")
 }
 
 fn av1_path() -> PathBuf {
