@@ -59,7 +59,7 @@ impl Downstream {
     /// child's SDP must change (rule 1: the upstream renegotiates). Returns
     /// whether an offer went out.
     pub async fn sync(&mut self, hub: &Hub) -> Result<bool, RelayError> {
-        let mut renegotiate = self.tracks.is_empty() && self.channels.is_empty();
+        let mut renegotiate = false;
         for t in hub.tracks() {
             if !self.tracks.iter().any(|(have, _)| Arc::ptr_eq(have, &t)) {
                 self.add_track(hub, t).await?;

@@ -719,34 +719,28 @@ fn a_lost_packet_skips_to_the_next_keyframe() {
             .iter()
             .rposition(|(i, _)| *i == victim_frame)
             .unwrap();
-        let kept = packets
-            .iter()
-            .enumerate()
-            .filter(|(n, _)| *n != lost)
-            .map(|(_, (_, p))| p.clone());
-        let (rec, _, _dir) = record(v.codec(), kept);
-        let expected: Vec<(u64, usize)> = (0..victim_frame)
-            .chain(2 * fps..v.frames().len())
-            .map(|i| (0, i))
-            .collect();
-        assert_recorded(&rec, &v, &expected);
+        // Records all packets but `lost`; expects frames `..gap_start` and
+        // `gap_end..`.
+        let record_without = |lost: usize, gap_start: usize, gap_end: usize| {
+            let kept = packets
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| *n != lost)
+                .map(|(_, (_, p))| p.clone());
+            let (rec, _, _dir) = record(v.codec(), kept);
+            let expected: Vec<(u64, usize)> = (0..gap_start)
+                .chain(gap_end..v.frames().len())
+                .map(|i| (0, i))
+                .collect();
+            assert_recorded(&rec, &v, &expected);
+        };
+        record_without(lost, victim_frame, 2 * fps);
 
         let key_frame = 2 * fps;
         let key_packets: Vec<usize> = (0..packets.len())
             .filter(|&n| packets[n].0 == key_frame)
             .collect();
-        let lost = key_packets[key_packets.len() / 2];
-        let kept = packets
-            .iter()
-            .enumerate()
-            .filter(|(n, _)| *n != lost)
-            .map(|(_, (_, p))| p.clone());
-        let (rec, _, _dir) = record(v.codec(), kept);
-        let expected: Vec<(u64, usize)> = (0..key_frame)
-            .chain(3 * fps..v.frames().len())
-            .map(|i| (0, i))
-            .collect();
-        assert_recorded(&rec, &v, &expected);
+        record_without(key_packets[key_packets.len() / 2], key_frame, 3 * fps);
     }
 }
 
