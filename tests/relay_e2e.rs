@@ -9,70 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use relay::source::VideoFile;
 
-/// IVF frames of a file that may still be growing: a partial last frame is
-/// left out rather than treated as corruption.
-fn ivf_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Vec::new();
-    };
-    if bytes.len() < 32 {
-        return Vec::new();
-    }
-    let header_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
-    let mut at = header_len;
-    let mut frames = Vec::new();
-    while at + 12 <= bytes.len() {
-        let size =
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let start = at + 12;
-        if start + size > bytes.len() {
-            break;
-        }
-        frames.push(bytes[start..start + size].to_vec());
-        at = start + size;
-    }
-    frames
-}
-
-/// A source looping `video` with one child slot and its data channel fed
-/// from stdin; returns it and its tree id.
-fn looping_source(s: &Scratch, url: &str, video: &std::path::Path) -> (Proc, String) {
-    let args = [
-        "source",
-        "--file",
-        video.to_str().expect("UTF-8 path"),
-        "--loop",
-        "--signal",
-        url,
-        "--k1",
-        "1",
-        "--data-in",
-        "-",
-    ];
-    let src = Proc::spawn(s, "source", &args, true);
-    let tree = src
-        .line("tree:", Duration::from_secs(30))
-        .trim_start_matches("tree:")
-        .trim()
-        .to_owned();
-    (src, tree)
-}
-
-/// A relay joining `tree`, once its log shows `ready`.
-fn relay(s: &Scratch, name: &str, url: &str, tree: &str, extra: &[&str], ready: &str) -> Proc {
-    let mut args = vec!["join", tree, "--signal", url];
-    args.extend_from_slice(extra);
-    let p = Proc::spawn(s, name, &args, false);
-    until(&format!("{name}: {ready}"), Duration::from_secs(20), || {
-        log_has(&p, ready)
-    });
-    p
-}
-
-fn log_has(p: &Proc, needle: &str) -> Option<()> {
-    p.log_text().contains(needle).then_some(())
-}
-
 #[test]
 fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
     let s = Scratch::new("chain");
@@ -290,11 +226,7 @@ fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
         let b = std::fs::read_to_string(&fine_data).ok()?.contains("ping");
         (a && b).then_some(())
     });
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &frozen.child.id().to_string()])
-        .status()
-        .expect("kill -STOP");
-    assert!(stopped.success());
+    frozen.signal("STOP");
 
     // 4000 lines of 1 KB, at 500 per second (a rate every live child keeps
     // up with): more than the frozen child's receive window, the relay's
@@ -328,9 +260,7 @@ fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
     );
     let want: Vec<String> = (0..4000).map(|i| format!("line-{i:04}")).collect();
     assert_eq!(lines, want, "the sibling got every message, in order");
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &frozen.child.id().to_string()])
-        .status();
+    frozen.signal("CONT");
 }
 
 /// Ctrl-C on the source closes the tree for everyone at once; a relay says
@@ -341,11 +271,7 @@ fn relay_exits_0_when_the_source_stops() {
     let (_sig, url) = signal_server(&s, &[]);
     let (mut src, tree) = looping_source(&s, &url, &sample("testsrc-640x360-vp8.ivf"));
     let mut r = relay(&s, "relay", &url, &tree, &[], "connected to parent");
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &src.child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(interrupted.success());
+    src.signal("INT");
     // Well inside the server's 15 s grace: the source said `leave`.
     let status = r.wait(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "relay log:\n{}", r.log_text());

@@ -136,6 +136,14 @@ impl TrackHub {
         *self.upstream.lock().unwrap_or_else(PoisonError::into_inner) = track;
     }
 
+    /// True while a track of the current upstream feeds this one.
+    pub fn is_fed(&self) -> bool {
+        self.upstream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     /// A child needs a keyframe: ask the parent, merged with other requests
     /// (at most one per track per 500 ms).
     pub async fn request_keyframe(&self) {
@@ -240,14 +248,22 @@ impl Hub {
         self.next_leg.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The track with this spec's track id, created if new. Tracks are kept
-    /// across parent changes by id, so children see a gap, not a new track.
+    /// The hub track that `spec`'s track feeds, created if new. Tracks are
+    /// kept across parent changes, so children see a gap, not a new track:
+    /// first by track id, then, since a browser parent re-encodes under track
+    /// ids of its own, the first track of the same codec that no upstream
+    /// feeds any more.
     pub fn track(&self, spec: TrackSpec) -> Arc<TrackHub> {
         let mut tracks = self.tracks.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(t) = tracks
+        let same_id = tracks
             .iter()
-            .find(|t| t.spec.track_id == spec.track_id && t.spec.codec == spec.codec)
-        {
+            .find(|t| t.spec.track_id == spec.track_id && t.spec.codec == spec.codec);
+        let orphan = || {
+            tracks
+                .iter()
+                .find(|t| t.spec.codec == spec.codec && !t.is_fed())
+        };
+        if let Some(t) = same_id.or_else(orphan) {
             return t.clone();
         }
         let t = Arc::new(TrackHub::new(spec));
@@ -363,6 +379,24 @@ mod tests {
         ));
         assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0x80]));
         assert!(!starts_keyframe(Codec::Vp8, &[]));
+    }
+
+    #[test]
+    fn a_new_upstream_feeds_the_unfed_track_of_its_codec() {
+        let (hub, _) = Hub::new();
+        let spec = |codec, id: &str| TrackSpec {
+            codec,
+            stream_id: "s".into(),
+            track_id: id.into(),
+        };
+        let first = hub.track(spec(Codec::Vp8, "from-source"));
+        // A browser parent forwards the same video under its own track id.
+        let again = hub.track(spec(Codec::Vp8, "from-browser"));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(again.spec.track_id, "from-source");
+        let audio = hub.track(spec(Codec::Opus, "from-browser"));
+        assert!(!Arc::ptr_eq(&first, &audio));
+        assert_eq!(hub.tracks().len(), 2);
     }
 
     #[test]

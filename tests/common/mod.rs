@@ -127,6 +127,15 @@ impl Proc {
         }
     }
 
+    /// Sends a signal by name (`INT`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, sig: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{sig} {}", self.name);
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -162,4 +171,89 @@ pub fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// IVF frames of a file that may still be growing: a partial last frame is
+/// left out rather than treated as corruption.
+pub fn ivf_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    if bytes.len() < 32 {
+        return Vec::new();
+    }
+    let header_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
+    let mut at = header_len;
+    let mut frames = Vec::new();
+    while at + 12 <= bytes.len() {
+        let size =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let start = at + 12;
+        if start + size > bytes.len() {
+            break;
+        }
+        frames.push(bytes[start..start + size].to_vec());
+        at = start + size;
+    }
+    frames
+}
+
+/// A source looping `video` with one child slot and its data channel fed
+/// from stdin; returns it and its tree id.
+pub fn looping_source(s: &Scratch, url: &str, video: &std::path::Path) -> (Proc, String) {
+    let args = [
+        "source",
+        "--file",
+        video.to_str().expect("UTF-8 path"),
+        "--loop",
+        "--signal",
+        url,
+        "--k1",
+        "1",
+        "--data-in",
+        "-",
+    ];
+    let src = Proc::spawn(s, "source", &args, true);
+    let tree = src
+        .line("tree:", Duration::from_secs(30))
+        .trim_start_matches("tree:")
+        .trim()
+        .to_owned();
+    (src, tree)
+}
+
+/// A relay joining `tree`, once its log shows `ready`.
+pub fn relay(s: &Scratch, name: &str, url: &str, tree: &str, extra: &[&str], ready: &str) -> Proc {
+    let mut args = vec!["join", tree, "--signal", url];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(s, name, &args, false);
+    until(&format!("{name}: {ready}"), Duration::from_secs(20), || {
+        log_has(&p, ready)
+    });
+    p
+}
+
+pub fn log_has(p: &Proc, needle: &str) -> Option<()> {
+    p.log_text().contains(needle).then_some(())
+}
+
+/// The peer id a relay's log gives for itself ("joined tree T as relay P").
+pub fn relay_peer(p: &Proc) -> String {
+    let log = p.log_text();
+    let at = log
+        .find(" as relay ")
+        .unwrap_or_else(|| panic!("{}: no 'as relay' in its log:\n{log}", p.name));
+    log[at + " as relay ".len()..]
+        .split_whitespace()
+        .next()
+        .expect("peer id")
+        .to_owned()
+}
+
+/// `host:port` of a `ws://host:port/ws` URL.
+pub fn http_addr(ws_url: &str) -> String {
+    ws_url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned()
 }

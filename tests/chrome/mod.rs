@@ -1,0 +1,277 @@
+//! Headless Chromium driven through chromedriver's WebDriver endpoint: each
+//! `Page` is its own browser process with its own profile, loading the
+//! signalling server's watch page and read through `window.watch`.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fantoccini::wd::Capabilities;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::common::Scratch;
+
+/// Set by CI: a machine without Chromium fails these tests instead of
+/// skipping them.
+pub const REQUIRE: &str = "PEER_TREE_REQUIRE_BROWSER";
+
+/// Chromium's switches for tests on a machine that reaches nothing but
+/// loopback (DESIGN.md). The resolver rule keeps Chromium from looking up
+/// Google hosts; host candidates stay visible (no mDNS names) so no multicast
+/// leaves the machine; the fake camera runs at 30 fps.
+const SWITCHES: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-loopback-in-peer-connection",
+    // Chromium takes only the last --disable-features: keep every one here.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream=fps=30",
+    "--autoplay-policy=no-user-gesture-required",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+    "--window-size=800,600",
+];
+
+fn in_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|n| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(n))
+            .find(|p| p.is_file())
+    })
+}
+
+fn tool(var: &str, names: &[&str]) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| in_path(names))
+}
+
+/// Every outside tool a browser test needs, or `None` (and a line saying the
+/// test was skipped) when one is missing and CI did not require them.
+pub fn tools(test: &str, also: &[&str]) -> Option<(PathBuf, PathBuf)> {
+    let chromium = tool("CHROMIUM", &["chromium", "chromium-browser", "google-chrome"]);
+    let driver = tool("CHROMEDRIVER", &["chromedriver"]);
+    let mut missing: Vec<&str> = Vec::new();
+    if chromium.is_none() {
+        missing.push("chromium");
+    }
+    if driver.is_none() {
+        missing.push("chromedriver");
+    }
+    missing.extend(also.iter().filter(|t| in_path(&[t]).is_none()));
+    if missing.is_empty() {
+        return Some((chromium?, driver?));
+    }
+    let what = format!(
+        "{test}: needs {} (Debian: apt-get install -y chromium chromium-driver ffmpeg)",
+        missing.join(", ")
+    );
+    if std::env::var_os(REQUIRE).is_some_and(|v| v != "0") {
+        panic!("{what}; {REQUIRE} is set, so this is a failure");
+    }
+    eprintln!("skipped: {what}");
+    None
+}
+
+/// One chromedriver serving every page of a test.
+pub struct Chrome {
+    driver: Child,
+    url: String,
+    chromium: PathBuf,
+    profiles: PathBuf,
+    pages: AtomicUsize,
+}
+
+impl Chrome {
+    pub fn start(scratch: &Scratch, chromium: &Path, chromedriver: &Path) -> Chrome {
+        // chromedriver cannot take port 0; a port the kernel just handed out
+        // is free in practice.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = scratch.path("chromedriver.log");
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        let chrome = Chrome {
+            driver,
+            url: format!("http://127.0.0.1:{port}"),
+            chromium: chromium.to_owned(),
+            profiles: scratch.path("profiles"),
+            pages: AtomicUsize::new(0),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        chrome
+    }
+
+    /// A new browser showing `url`, once its page has loaded.
+    pub async fn page(&self, name: &str, url: &str) -> Page {
+        let n = self.pages.fetch_add(1, Ordering::Relaxed);
+        let profile = self.profiles.join(format!("{n}-{name}"));
+        std::fs::create_dir_all(&profile).expect("profile dir");
+        let mut args: Vec<String> = SWITCHES.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let mut caps = Capabilities::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": self.chromium, "args": args }),
+        );
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: cannot start Chromium: {e}"));
+        client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: cannot load {url}: {e}"));
+        Page {
+            client,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for Chrome {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// What the watch page's `watch.state()` reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageState {
+    pub peer: Option<String>,
+    pub tree: Option<String>,
+    pub source: bool,
+    pub depth: Option<u32>,
+    pub parent: Option<String>,
+    pub children: Vec<String>,
+    pub upstream: Option<String>,
+    pub frames_decoded: u64,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    pub bytes_received: u64,
+    pub messages: usize,
+}
+
+pub struct Page {
+    pub client: Client,
+    pub name: String,
+}
+
+impl Page {
+    /// Runs `script` as a function body; a returned promise is awaited.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{}: script failed: {e}\n{script}", self.name))
+    }
+
+    pub async fn state(&self) -> PageState {
+        let v = self
+            .eval("return window.watch ? window.watch.state() : null")
+            .await;
+        serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("{}: unexpected state {v}: {e}", self.name))
+    }
+
+    /// Data messages received so far that start with `prefix`.
+    pub async fn messages(&self, prefix: &str) -> Vec<String> {
+        let v = self
+            .eval(&format!(
+                "return window.watch.messages.filter(m => m.startsWith({}))",
+                json!(prefix)
+            ))
+            .await;
+        serde_json::from_value(v).expect("messages are strings")
+    }
+
+    pub async fn click(&self, id: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no #{id}: {e}", self.name))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot click #{id}: {e}", self.name));
+    }
+
+    /// Closes the page's window, which ends its browser: its WebSocket and
+    /// peer connections go with it, as when a viewer closes the tab.
+    pub async fn close(self) {
+        let _ = self.client.close_window().await;
+        let _ = self.client.close().await;
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some, failing after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/api/trees/{tree}` of the server behind `ws_url`.
+pub async fn tree_snapshot(ws_url: &str, tree: &str) -> Value {
+    let addr = crate::common::http_addr(ws_url);
+    let (status, body) =
+        signalling::client::http_get(&addr, &format!("/api/trees/{tree}"), Duration::from_secs(5))
+            .await
+            .expect("GET /api/trees");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("snapshot JSON")
+}
+
+/// The parent of `peer` in a snapshot.
+pub fn parent_in(snapshot: &Value, peer: &str) -> Option<String> {
+    snapshot["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["peer"] == peer)?["parent"]
+        .as_str()
+        .map(str::to_owned)
+}
