@@ -10,7 +10,6 @@ mod common;
 
 use std::io::Write;
 use std::process::ChildStdin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrome::{eventually, parent_in, tree_snapshot, Chrome, Page};
@@ -18,10 +17,11 @@ use common::*;
 
 /// Browsers are heavy for these 2 cores (a forwarding page takes a third of
 /// one): the scenarios run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// (An async lock: each test has its own runtime and holds it throughout.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 fn watch_url(ws_url: &str, k: u32, tree: &str) -> String {
@@ -86,7 +86,7 @@ async fn browser_leaf_under_a_relay_decodes_and_gets_every_message() {
     let Some((chromium, driver)) = chrome::tools("browser leaf", &[]) else {
         return;
     };
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let s = Scratch::new("browser-leaf");
     let (_sig, url) = signal_server(&s, &[]);
     let (mut src, tree) = looping_source(&s, &url, &sample("testsrc-640x360-vp8.ivf"));
@@ -113,10 +113,14 @@ async fn browser_leaf_under_a_relay_decodes_and_gets_every_message() {
     })
     .await;
     let sent = send_numbered(stdin, 500);
-    let got = eventually("500 messages in the page", Duration::from_secs(20), || async {
-        let got = page.messages("msg-").await;
-        (got.len() >= sent.len()).then_some(got)
-    })
+    let got = eventually(
+        "500 messages in the page",
+        Duration::from_secs(20),
+        || async {
+            let got = page.messages("msg-").await;
+            (got.len() >= sent.len()).then_some(got)
+        },
+    )
     .await;
     assert_eq!(got, sent, "every message, in order, once");
     println!(
@@ -130,4 +134,408 @@ async fn browser_leaf_under_a_relay_decodes_and_gets_every_message() {
         sent.len()
     );
     page.close().await;
+}
+
+/// Decodes every frame of an IVF file with ffprobe: (codec, width, height,
+/// frames decoded). Any decoding error fails the test.
+fn decode_with_ffmpeg(path: &std::path::Path) -> (String, u32, u32, u64) {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "ffprobe {}: {stderr}",
+        path.display()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let st = &v["streams"][0];
+    (
+        st["codec_name"].as_str().unwrap_or_default().to_owned(),
+        st["width"].as_u64().unwrap_or_default() as u32,
+        st["height"].as_u64().unwrap_or_default() as u32,
+        st["nb_read_frames"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_default(),
+    )
+}
+
+fn data_lines(path: &std::path::Path, prefix: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// (b) Rust source -> browser (k=2) -> Rust relay recording: the browser
+/// re-encodes what it forwards, the relay records VP8 that ffmpeg decodes,
+/// and the data channel passes through the browser message by message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_below_a_browser_records_decodable_video_and_every_message() {
+    let Some((chromium, driver)) = chrome::tools("browser in the middle", &["ffprobe"]) else {
+        return;
+    };
+    let _one = one_at_a_time().await;
+    let s = Scratch::new("browser-middle");
+    let (_sig, url) = signal_server(&s, &[]);
+    let (mut src, tree) = looping_source(&s, &url, &sample("testsrc-640x360-vp8.ivf"));
+    let chrome = Chrome::start(&s, &chromium, &driver);
+    let page = chrome.page("middle", &watch_url(&url, 2, &tree)).await;
+    let me = eventually("the browser joins", Duration::from_secs(20), || async {
+        let st = page.state().await;
+        (st.frames_decoded > 0).then_some(st)
+    })
+    .await;
+    assert_eq!(me.depth, Some(1));
+
+    // k=0: a recording leaf, placed by rule 3 alone (a relay that accepts
+    // children would take the browser's place by rule 4).
+    let rec = s.path("below-browser.ivf");
+    let out = s.path("below-browser.txt");
+    let mut r = relay(
+        &s,
+        "relay",
+        &url,
+        &tree,
+        &[
+            "--k",
+            "0",
+            "--record",
+            rec.to_str().expect("UTF-8 path"),
+            "--data-out",
+            out.to_str().expect("UTF-8 path"),
+        ],
+        "joined tree",
+    );
+    let snap = tree_snapshot(&url, &tree).await;
+    let browser = me.peer.clone().expect("peer id");
+    assert_eq!(parent_in(&snap, &relay_peer(&r)), Some(browser.clone()));
+
+    let t0 = Instant::now();
+    let frames = eventually("150 recorded frames", Duration::from_secs(30), || async {
+        let n = ivf_frames(&rec).len();
+        (n >= 150).then_some(n)
+    })
+    .await;
+    let record_secs = t0.elapsed().as_secs_f64();
+
+    let stdin = src.stdin.as_mut().expect("source stdin");
+    warm_up(stdin, "the relay below the browser", || async {
+        !data_lines(&out, "warmup").is_empty()
+    })
+    .await;
+    let sent = send_numbered(stdin, 500);
+    let got = eventually(
+        "500 messages at the relay",
+        Duration::from_secs(20),
+        || async {
+            let got = data_lines(&out, "msg-");
+            (got.len() >= sent.len()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got, sent, "every message, in order, once");
+    let children = page.state().await.children;
+    assert_eq!(children, vec![relay_peer(&r)]);
+
+    // A clean stop finishes the IVF header before ffmpeg reads it.
+    r.signal("INT");
+    assert!(r.wait(Duration::from_secs(10)).success());
+    let (codec, w, h, decoded) = decode_with_ffmpeg(&rec);
+    assert_eq!(codec, "vp8");
+    assert!(decoded >= frames as u64, "{decoded} < {frames}");
+    println!(
+        "(b) relay at depth 2 below a browser: {frames} frames recorded in {record_secs:.1} s, \
+         ffmpeg decoded {decoded} {codec} frames ({w}x{h}) without an error; {} of {} messages \
+         in order",
+        got.len(),
+        sent.len()
+    );
+    page.close().await;
+}
+
+/// (c) A browser source with a fake camera, two Rust relays below it and a
+/// browser leaf under them that decodes and gets the source's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_source_through_relays_to_a_browser_leaf() {
+    let Some((chromium, driver)) = chrome::tools("browser source", &[]) else {
+        return;
+    };
+    let _one = one_at_a_time().await;
+    let s = Scratch::new("browser-source");
+    let (_sig, url) = signal_server(&s, &[]);
+    let chrome = Chrome::start(&s, &chromium, &driver);
+    let source = chrome
+        .page("source", &format!("http://{}/?k=1", http_addr(&url)))
+        .await;
+    source.click("start-camera").await;
+    let tree = eventually(
+        "the browser creates a tree",
+        Duration::from_secs(20),
+        || async { source.state().await.tree },
+    )
+    .await;
+    let share = eventually("the share link", Duration::from_secs(5), || async {
+        let link = source
+            .eval("return document.getElementById('share-link').textContent")
+            .await;
+        link.as_str().filter(|l| !l.is_empty()).map(str::to_owned)
+    })
+    .await;
+    assert_eq!(share, format!("http://{}/#{tree}", http_addr(&url)));
+
+    let r1 = relay(
+        &s,
+        "relay1",
+        &url,
+        &tree,
+        &["--k", "1"],
+        "connected to parent",
+    );
+    let r2 = relay(
+        &s,
+        "relay2",
+        &url,
+        &tree,
+        &["--k", "1"],
+        "connected to parent",
+    );
+    let page = chrome.page("leaf", &watch_url(&url, 0, &tree)).await;
+    let t0 = Instant::now();
+    let first = eventually("the leaf decodes", Duration::from_secs(30), || async {
+        let st = page.state().await;
+        (st.frames_decoded > 0).then_some(st)
+    })
+    .await;
+    let first_frame = t0.elapsed();
+    let snap = tree_snapshot(&url, &tree).await;
+    let source_peer = source.state().await.peer.expect("source peer id");
+    assert_eq!(parent_in(&snap, &relay_peer(&r1)), Some(source_peer));
+    assert_eq!(parent_in(&snap, &relay_peer(&r2)), Some(relay_peer(&r1)));
+    assert_eq!(first.parent, Some(relay_peer(&r2)));
+    assert_eq!(first.depth, Some(3));
+    let fps = decoding_rate(&page, 60).await;
+    let st = page.state().await;
+    assert!(st.frame_width > 0 && st.frame_height > 0);
+
+    let warm = || async {
+        source.eval("window.watch.client.send('warmup')").await;
+        !page.messages("warmup").await.is_empty()
+    };
+    eventually(
+        "a message from the browser source",
+        Duration::from_secs(20),
+        || async { warm().await.then_some(()) },
+    )
+    .await;
+    source
+        .eval(
+            "for (let i = 0; i < 300; i++) \
+             window.watch.client.send('msg-' + String(i).padStart(4, '0'))",
+        )
+        .await;
+    let sent: Vec<String> = (0..300).map(|i| format!("msg-{i:04}")).collect();
+    let got = eventually(
+        "300 messages at the leaf",
+        Duration::from_secs(20),
+        || async {
+            let got = page.messages("msg-").await;
+            (got.len() >= sent.len()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got, sent, "every message, in order, once");
+    println!(
+        "(c) browser source -> relay -> relay -> browser leaf at depth 3: first frame {:.2} s \
+         after the page loaded, {} frames decoded, {fps:.1} fps over 60 frames, {}x{}; {} of {} \
+         messages in order",
+        first_frame.as_secs_f64(),
+        st.frames_decoded,
+        st.frame_width,
+        st.frame_height,
+        got.len(),
+        sent.len()
+    );
+    page.close().await;
+    source.close().await;
+}
+
+async fn plays(page: &Page) {
+    eventually(
+        &format!("{} decodes", page.name),
+        Duration::from_secs(30),
+        || async { (page.state().await.frames_decoded > 0).then_some(()) },
+    )
+    .await
+}
+
+/// When a member's media came back after `t0`: the first new frame that ends
+/// a stall of at least `STALL` (a 30 fps stream never pauses that long while
+/// it flows). Fed one frame count at a time.
+struct Resumption {
+    last_count: usize,
+    last_growth: Instant,
+    stalled: bool,
+    resumed: Option<Duration>,
+    longest_gap: Duration,
+}
+
+const STALL: Duration = Duration::from_millis(300);
+
+impl Resumption {
+    fn new(count: usize, t0: Instant) -> Resumption {
+        Resumption {
+            last_count: count,
+            last_growth: t0,
+            stalled: false,
+            resumed: None,
+            longest_gap: Duration::ZERO,
+        }
+    }
+
+    fn sample(&mut self, count: usize, now: Instant, t0: Instant) {
+        if count > self.last_count {
+            let gap = now - self.last_growth;
+            self.longest_gap = self.longest_gap.max(gap);
+            if gap >= STALL {
+                self.stalled = true;
+            }
+            if self.stalled && self.resumed.is_none() {
+                self.resumed = Some(now - t0);
+            }
+            self.last_count = count;
+            self.last_growth = now;
+        }
+    }
+}
+
+/// (d) Source -> {browser M, relay R1}; M -> {browser L, relay R2};
+/// R2 -> relay R3. M's page closes: the server re-places its children at
+/// once (R2 under the source, L under R2) and L, R2 and R3 play again within
+/// 3 s while R1 never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_middle_browser_heals_its_subtree_within_3_s() {
+    let Some((chromium, driver)) = chrome::tools("mixed tree", &[]) else {
+        return;
+    };
+    let _one = one_at_a_time().await;
+    let s = Scratch::new("browser-heal");
+    let (_sig, url) = signal_server(&s, &[]);
+    let (_src, tree) = looping_source_k1(&s, &url, &sample("testsrc-640x360-vp8.ivf"), 2);
+    let chrome = Chrome::start(&s, &chromium, &driver);
+    let recording = |name: &str, k: &str| {
+        let rec = s.path(&format!("{name}.ivf"));
+        let p = relay(
+            &s,
+            name,
+            &url,
+            &tree,
+            &["--k", k, "--record", rec.to_str().expect("UTF-8 path")],
+            "joined tree",
+        );
+        (p, rec)
+    };
+
+    // The join order matters: rule 4 lets a relay with child slots take a
+    // leaf browser's place, so each browser has a child before a relay with
+    // slots joins below it, and the k=0 relays are placed by rule 3 alone.
+    let middle = chrome.page("M", &watch_url(&url, 2, &tree)).await;
+    plays(&middle).await;
+    let (r1, r1_rec) = recording("R1", "0");
+    let leaf = chrome.page("L", &watch_url(&url, 1, &tree)).await;
+    plays(&leaf).await;
+    let (r2, r2_rec) = recording("R2", "2");
+    let (r3, r3_rec) = recording("R3", "0");
+    let m = middle.state().await.peer.expect("M's peer id");
+    let l = leaf.state().await.peer.expect("L's peer id");
+    let (p1, p2, p3) = (relay_peer(&r1), relay_peer(&r2), relay_peer(&r3));
+    let snap = tree_snapshot(&url, &tree).await;
+    let source = snap["nodes"][0]["peer"].as_str().expect("root").to_owned();
+    assert_eq!(parent_in(&snap, &m), Some(source.clone()));
+    assert_eq!(parent_in(&snap, &p1), Some(source.clone()));
+    assert_eq!(parent_in(&snap, &l), Some(m.clone()));
+    assert_eq!(parent_in(&snap, &p2), Some(m.clone()));
+    assert_eq!(parent_in(&snap, &p3), Some(p2.clone()));
+    let recs = [&r1_rec, &r2_rec, &r3_rec];
+    eventually("every relay records", Duration::from_secs(30), || async {
+        recs.iter().all(|r| ivf_frames(r).len() >= 30).then_some(())
+    })
+    .await;
+
+    let t0 = Instant::now();
+    middle.close().await;
+    let mut relays: Vec<Resumption> = recs
+        .iter()
+        .map(|r| Resumption::new(ivf_frames(r).len(), t0))
+        .collect();
+    let mut leaf_back = None;
+    let deadline = t0 + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && (leaf_back.is_none() || relays[1].resumed.is_none() || relays[2].resumed.is_none())
+    {
+        let now = Instant::now();
+        for (r, path) in relays.iter_mut().zip(recs) {
+            r.sample(ivf_frames(path).len(), now, t0);
+        }
+        if leaf_back.is_none() {
+            let st = leaf.state().await;
+            if st.parent.as_deref() != Some(m.as_str()) && st.frames_decoded > 0 {
+                leaf_back = Some(Instant::now() - t0);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // R1, the bystander, keeps recording for one more second.
+    let until_r1 = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until_r1 {
+        relays[0].sample(ivf_frames(recs[0]).len(), Instant::now(), t0);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let snap = tree_snapshot(&url, &tree).await;
+    assert_eq!(
+        parent_in(&snap, &p2),
+        Some(source.clone()),
+        "R2 took M's slot"
+    );
+    assert_eq!(parent_in(&snap, &l), Some(p2.clone()), "L moved under R2");
+    assert_eq!(parent_in(&snap, &p3), Some(p2.clone()), "R3 stayed with R2");
+    let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+    println!(
+        "(d) M closed: L decoding again after {:.2} s (under R2), R2 recording again after \
+         {:.2} s, R3 after {:.2} s; R1 (bystander) recorded {} frames, none missing, longest \
+         pause {} ms",
+        secs(leaf_back),
+        secs(relays[1].resumed),
+        secs(relays[2].resumed),
+        ivf_frames(&r1_rec).len(),
+        relays[0].longest_gap.as_millis()
+    );
+    let bound = Duration::from_secs(3);
+    assert!(leaf_back.is_some_and(|d| d < bound), "L: {leaf_back:?}");
+    assert!(relays[1].resumed.is_some_and(|d| d < bound), "R2");
+    assert!(relays[2].resumed.is_some_and(|d| d < bound), "R3");
+    // The bystander lost nothing: its recording is the file's frames
+    // without a gap, from before M closed to after its subtree healed.
+    let file = relay::source::VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample");
+    let r1_frames = ivf_frames(&r1_rec);
+    assert_run_of_file(&r1_frames, file.frames(), "R1");
+    let st = leaf.state().await;
+    assert_eq!(st.depth, Some(2));
+    leaf.close().await;
 }

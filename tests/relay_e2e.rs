@@ -51,22 +51,11 @@ fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
         "leaf recorded its first 60 frames {:?} after joining",
         t0.elapsed()
     );
-    let start = source_frames
-        .iter()
-        .position(|f| f.data[..] == frames[0][..])
-        .expect("the first recorded frame is one of the file's frames");
+    let start = assert_run_of_file(&frames, &source_frames, "leaf");
     assert!(
         source_frames[start].keyframe,
         "recording starts at a keyframe"
     );
-    for (i, f) in frames.iter().enumerate() {
-        let want = &source_frames[(start + i) % source_frames.len()].data;
-        assert!(
-            want[..] == f[..],
-            "recorded frame {i} differs from file frame {}",
-            (start + i) % source_frames.len()
-        );
-    }
 
     // Data: 1000 lines into the source's stdin arrive complete and in order.
     let stdin = src.stdin.as_mut().expect("source stdin");
@@ -111,17 +100,7 @@ fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
         killed.elapsed()
     );
     let after = ivf_frames(&rec);
-    let resumed = &after[before..];
-    let at = source_frames
-        .iter()
-        .position(|f| f.data[..] == resumed[0][..])
-        .expect("resumed frames are the file's frames");
-    for (i, f) in resumed.iter().enumerate() {
-        assert!(
-            source_frames[(at + i) % source_frames.len()].data[..] == f[..],
-            "frame {i} after the kill"
-        );
-    }
+    assert_run_of_file(&after[before..], &source_frames, "after the kill");
 }
 
 fn expect_one_line_error(args: &[&str], what: &str) -> String {

@@ -64,7 +64,10 @@ fn tool(var: &str, names: &[&str]) -> Option<PathBuf> {
 /// Every outside tool a browser test needs, or `None` (and a line saying the
 /// test was skipped) when one is missing and CI did not require them.
 pub fn tools(test: &str, also: &[&str]) -> Option<(PathBuf, PathBuf)> {
-    let chromium = tool("CHROMIUM", &["chromium", "chromium-browser", "google-chrome"]);
+    let chromium = tool(
+        "CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
     let driver = tool("CHROMEDRIVER", &["chromedriver"]);
     let mut missing: Vec<&str> = Vec::new();
     if chromium.is_none() {

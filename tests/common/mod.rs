@@ -175,7 +175,7 @@ pub fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) 
 
 /// IVF frames of a file that may still be growing: a partial last frame is
 /// left out rather than treated as corruption.
-pub fn ivf_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
+pub fn ivf_frames(path: &Path) -> Vec<Vec<u8>> {
     let Ok(bytes) = std::fs::read(path) else {
         return Vec::new();
     };
@@ -200,7 +200,13 @@ pub fn ivf_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
 
 /// A source looping `video` with one child slot and its data channel fed
 /// from stdin; returns it and its tree id.
-pub fn looping_source(s: &Scratch, url: &str, video: &std::path::Path) -> (Proc, String) {
+pub fn looping_source(s: &Scratch, url: &str, video: &Path) -> (Proc, String) {
+    looping_source_k1(s, url, video, 1)
+}
+
+/// `looping_source` with `k1` child slots.
+pub fn looping_source_k1(s: &Scratch, url: &str, video: &Path, k1: u32) -> (Proc, String) {
+    let k1 = k1.to_string();
     let args = [
         "source",
         "--file",
@@ -209,7 +215,7 @@ pub fn looping_source(s: &Scratch, url: &str, video: &std::path::Path) -> (Proc,
         "--signal",
         url,
         "--k1",
-        "1",
+        &k1,
         "--data-in",
         "-",
     ];
@@ -256,4 +262,29 @@ pub fn http_addr(ws_url: &str) -> String {
         .trim_start_matches("ws://")
         .trim_end_matches("/ws")
         .to_owned()
+}
+
+/// Asserts `recorded` is an unbroken run of `file`'s frames, byte for byte,
+/// wrapping around as a looping source does; returns the file index of the
+/// first one. A lost or altered frame anywhere fails.
+pub fn assert_run_of_file(
+    recorded: &[Vec<u8>],
+    file: &[relay::source::Frame],
+    what: &str,
+) -> usize {
+    let first = recorded
+        .first()
+        .unwrap_or_else(|| panic!("{what}: nothing recorded"));
+    let start = file
+        .iter()
+        .position(|f| f.data[..] == first[..])
+        .unwrap_or_else(|| panic!("{what}: the first recorded frame is not one of the file's"));
+    for (i, f) in recorded.iter().enumerate() {
+        let at = (start + i) % file.len();
+        assert!(
+            file[at].data[..] == f[..],
+            "{what}: recorded frame {i} differs from file frame {at}"
+        );
+    }
+    start
 }
