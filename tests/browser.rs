@@ -123,15 +123,33 @@ async fn browser_leaf_under_a_relay_decodes_and_gets_every_message() {
     )
     .await;
     assert_eq!(got, sent, "every message, in order, once");
+    // The page reports its counters to the server, which shows them.
+    let leaf = st.peer.clone().expect("peer id");
+    let stats = eventually(
+        "the leaf's stats in /api/trees",
+        Duration::from_secs(10),
+        || async {
+            let snap = tree_snapshot(&url, &tree).await;
+            let node = snap["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["peer"] == leaf.as_str())?;
+            let stats = node.get("stats")?.clone();
+            (stats["rx_bps"].as_f64()? > 0.0).then_some(stats)
+        },
+    )
+    .await;
+    assert_eq!(stats["agent"], "browser");
     println!(
         "(a) browser leaf at depth 2: first frame {:.2} s after the page loaded, {} frames decoded, \
-         {fps:.1} fps over 90 frames, {}x{}; {} of {} messages in order",
+         {fps:.1} fps over 90 frames, {}x{}; {} of {} messages in order; it reports {:.0} kbit/s",
         first_frame.as_secs_f64(),
         st.frames_decoded,
         st.frame_width,
         st.frame_height,
         got.len(),
-        sent.len()
+        sent.len(),
+        stats["rx_bps"].as_f64().unwrap_or_default() / 1000.0
     );
     page.close().await;
 }
