@@ -555,5 +555,21 @@ async fn closing_a_middle_browser_heals_its_subtree_within_3_s() {
     assert_run_of_file(&r1_frames, file.frames(), "R1");
     let st = leaf.state().await;
     assert_eq!(st.depth, Some(2));
+
+    // The seed's reconnectUpstream(): every free slot is L's own parent's or
+    // in L's own subtree, so the server answers tree-full, and by rule 7 that
+    // changes nothing: L keeps its parent and keeps playing.
+    let refused = leaf
+        .eval(
+            "return window.watch.client.reconnectUpstream() \
+             .then(r => r, e => ({ code: e.code, error: String(e) }))",
+        )
+        .await;
+    assert_eq!(refused["code"], "tree-full", "{refused}");
+    let fps = decoding_rate(&leaf, 30).await;
+    let after = leaf.state().await;
+    assert_eq!(after.parent, Some(p2.clone()));
+    assert_eq!(after.upstreams, st.upstreams, "no new upstream connection");
+    println!("(d) L's reconnectUpstream() refused with tree-full; L still decodes at {fps:.1} fps");
     leaf.close().await;
 }

@@ -331,7 +331,10 @@ export class PeerTreeClient {
   }
 
   _setParent(parent, depth) {
-    if (this._up && this._up.peer !== parent) this._closeUpstream();
+    // Even the same parent again means a new connection from it (it was told
+    // `child-gone`, then `child`): the old one is finished.
+    this._closeUpstream();
+    this._earlyUp = null;
     this.parentID = parent;
     this.depth = depth;
     // The seed's timeout: an upstream that does not connect in time is

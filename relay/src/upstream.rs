@@ -10,7 +10,7 @@ use tracing::info;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
-use crate::forward::{ChannelSpec, DataMsg, Hub, TrackHub, TrackSpec};
+use crate::forward::{ChannelSpec, DataMsg, Forwarded, Hub, TrackHub, TrackSpec};
 use crate::media::Codec;
 use crate::peer::Link;
 use crate::RelayError;
@@ -71,7 +71,11 @@ impl Upstream {
         self.readers.push(tokio::spawn(async move {
             while let Some(ev) = track.poll().await {
                 match ev {
-                    TrackRemoteEvent::OnRtpPacket(p) => t.forward(&p),
+                    TrackRemoteEvent::OnRtpPacket(p) => {
+                        if t.forward(&p) == Forwarded::AwaitingKeyframe {
+                            t.request_keyframe().await;
+                        }
+                    }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}
                 }

@@ -186,6 +186,8 @@ pub struct PageState {
     pub frame_height: u32,
     pub bytes_received: u64,
     pub messages: usize,
+    /// Upstream connections opened so far.
+    pub upstreams: u32,
 }
 
 pub struct Page {
