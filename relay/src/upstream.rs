@@ -72,7 +72,8 @@ impl Upstream {
             while let Some(ev) = track.poll().await {
                 match ev {
                     TrackRemoteEvent::OnRtpPacket(p) => {
-                        if t.forward(&p) == Forwarded::AwaitingKeyframe {
+                        let fate = t.forward(&p);
+                        if fate == Forwarded::AwaitingKeyframe {
                             t.request_keyframe().await;
                         }
                     }
