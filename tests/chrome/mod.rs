@@ -2,8 +2,6 @@
 //! `Page` is its own browser process with its own profile, loading the
 //! signalling server's watch page and read through `window.watch`.
 
-#![allow(dead_code)]
-
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -56,12 +54,14 @@ fn in_path(names: &[&str]) -> Option<PathBuf> {
 }
 
 fn tool(var: &str, names: &[&str]) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .or_else(|| in_path(names))
+    match std::env::var_os(var) {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => in_path(names),
+    }
 }
 
-/// Every outside tool a browser test needs, or `None` (and a line saying the
+/// Every outside tool a browser test needs (`CHROMIUM` and `CHROMEDRIVER`
+/// override where Chromium and chromedriver are), or `None` (and a line saying the
 /// test was skipped) when one is missing and CI did not require them.
 pub fn tools(test: &str, also: &[&str]) -> Option<(PathBuf, PathBuf)> {
     let chromium = tool(
@@ -170,22 +170,18 @@ impl Drop for Chrome {
     }
 }
 
-/// What the watch page's `watch.state()` reports.
+/// What the tests read of the watch page's `watch.state()`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PageState {
     pub peer: Option<String>,
     pub tree: Option<String>,
-    pub source: bool,
     pub depth: Option<u32>,
     pub parent: Option<String>,
     pub children: Vec<String>,
-    pub upstream: Option<String>,
     pub frames_decoded: u64,
     pub frame_width: u32,
     pub frame_height: u32,
-    pub bytes_received: u64,
-    pub messages: usize,
     /// Upstream connections opened so far.
     pub upstreams: u32,
 }
