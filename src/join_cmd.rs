@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -38,6 +39,11 @@ pub struct JoinArgs {
     /// a loopback address.
     #[arg(long = "udp-addr", value_name = "ADDR")]
     udp_addrs: Vec<SocketAddr>,
+    /// Ask the server for another parent when the parent has sent media and
+    /// then nothing for this long (a frozen or cut-off parent), or its
+    /// connection failed.
+    #[arg(long, default_value = "1.5s", value_parser = humantime::parse_duration)]
+    silence: Duration,
 }
 
 pub async fn run(args: JoinArgs) -> Result<()> {
@@ -63,6 +69,8 @@ pub async fn run(args: JoinArgs) -> Result<()> {
         },
         record: args.record,
         data_out,
+        silence: args.silence,
+        ..NodeOptions::default()
     };
     let node = Node::new(client, events, hub, overflow, Some(joined.parent), opts);
     report_exit(node.run(shutdown_signal()).await?);

@@ -257,3 +257,75 @@ fn relay_exits_0_when_the_source_stops() {
     assert!(r.log_text().contains("tree closed (source-left)"));
     assert!(src.wait(Duration::from_secs(5)).success());
 }
+
+/// When `needle` first appears in a process's log, by the log line's own
+/// timestamp.
+fn logged_at(p: &Proc, needle: &str) -> Option<std::time::SystemTime> {
+    let log = p.log_text();
+    let line = log.lines().find(|l| l.contains(needle))?;
+    humantime::parse_rfc3339_weak(line.split_whitespace().next()?.trim_end_matches('Z')).ok()
+}
+
+/// A parent frozen with SIGSTOP keeps its WebSocket and its connection open
+/// (the server notices only after its heartbeat timeout) but sends nothing:
+/// its child notices the silence within 2 s, asks for another parent, and
+/// records again.
+#[test]
+fn frozen_parent_is_replaced_by_its_child() {
+    let s = Scratch::new("frozen-parent");
+    let video = sample("testsrc-640x360-vp8.ivf");
+    // A long ping interval: only the child's own watch can save it here.
+    let (_sig, url) = signal_server(&s, &["--ping-interval", "120s"]);
+    let (_src, tree) = looping_source_k1(&s, &url, &video, 2);
+    // Depth 1: two relays with a slot each; the leaf goes under the first.
+    let frozen = relay(&s, "frozen", &url, &tree, &["--k", "1"], "joined tree");
+    let spare = relay(&s, "spare", &url, &tree, &["--k", "1"], "joined tree");
+    let rec = s.path("leaf.ivf");
+    let leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().unwrap()],
+        "joined tree",
+    );
+    let first_parent = format!("parent={}", relay_peer(&frozen));
+    assert!(
+        leaf.log_text().contains(&first_parent),
+        "{}",
+        leaf.log_text()
+    );
+    until("the leaf records", Duration::from_secs(20), || {
+        (ivf_frames(&rec).len() >= 30).then_some(())
+    });
+
+    let stopped = std::time::SystemTime::now();
+    let t0 = Instant::now();
+    frozen.signal("STOP");
+    let noticed = until(
+        "the leaf asks for another parent",
+        Duration::from_secs(5),
+        || logged_at(&leaf, "asking the server for another parent"),
+    );
+    let noticed = noticed.duration_since(stopped).unwrap_or_default();
+    let moved = format!("new parent parent={}", relay_peer(&spare));
+    until(
+        "the leaf is moved under the spare relay",
+        Duration::from_secs(5),
+        || log_has(&leaf, &moved),
+    );
+    let before = ivf_frames(&rec).len();
+    until("the leaf records again", Duration::from_secs(5), || {
+        (ivf_frames(&rec).len() > before + 5).then_some(())
+    });
+    eprintln!(
+        "frozen parent: the leaf noticed after {} ms and recorded again {} ms after SIGSTOP",
+        noticed.as_millis(),
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        noticed < Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
+    frozen.signal("CONT");
+}

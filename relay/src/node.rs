@@ -9,7 +9,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signalling::client::{Client, Events};
 use signalling::protocol::Event;
@@ -25,14 +25,37 @@ use crate::upstream::Upstream;
 use crate::RelayError;
 
 /// What a node does besides forwarding.
-#[derive(Default)]
 pub struct NodeOptions {
     pub link: LinkConfig,
     /// Record the first video track to this IVF file.
     pub record: Option<PathBuf>,
     /// Every data-channel message received from the parent.
     pub data_out: Option<mpsc::UnboundedSender<DataMsg>>,
+    /// A parent that has sent media and then nothing for this long is
+    /// replaced (`reconnect`): frozen or cut off, its connection may never
+    /// close by itself.
+    pub silence: Duration,
+    /// A parent whose connection is not up this long after it was assigned
+    /// is replaced too (the seed's `timeout`).
+    pub upstream_timeout: Duration,
 }
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            link: LinkConfig::default(),
+            record: None,
+            data_out: None,
+            silence: Duration::from_millis(1500),
+            upstream_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How often the node looks at its parent's health.
+const HEALTH_CHECK: Duration = Duration::from_millis(250);
+/// How long a refused or unanswered `reconnect` waits before another try.
+const RECONNECT_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +75,12 @@ pub struct Node {
     links_tx: mpsc::UnboundedSender<(String, LinkEvent)>,
     links_rx: mpsc::UnboundedReceiver<(String, LinkEvent)>,
     parent: Option<String>,
+    /// When the server named the current parent.
+    parent_since: Instant,
+    /// The upstream connection has reached `connected`.
+    upstream_connected: bool,
+    /// A `reconnect` is out; no other before this instant.
+    reconnect_after: Option<Instant>,
     upstream: Option<Upstream>,
     children: HashMap<String, Child>,
     /// Children announced before this node had anything to offer them.
@@ -88,6 +117,9 @@ impl Node {
             links_tx,
             links_rx,
             parent,
+            parent_since: Instant::now(),
+            upstream_connected: false,
+            reconnect_after: None,
             upstream: None,
             children: HashMap::new(),
             waiting: Vec::new(),
@@ -99,9 +131,12 @@ impl Node {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Exit, RelayError> {
         tokio::pin!(shutdown);
         let mut hub_changes = self.hub.subscribe();
+        let mut health = tokio::time::interval(HEALTH_CHECK);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let exit = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(Exit::Shutdown),
+                _ = health.tick() => self.check_upstream(),
                 ev = self.events.next() => {
                     let Some(ev) = ev else {
                         break Err(RelayError::SignallingLost);
@@ -150,13 +185,16 @@ impl Node {
                 }
             }
             Event::Parent(p) => {
-                if self.parent.as_deref() != Some(p.parent.as_str()) {
-                    info!(parent = %p.parent, depth = p.depth, "new parent");
-                    if let Some(up) = self.upstream.take() {
-                        up.close(&self.hub).await;
-                    }
-                    self.parent = Some(p.parent);
+                // Even the same parent again means a fresh connection from
+                // it (it was told `child-gone`, then `child`).
+                info!(parent = %p.parent, depth = p.depth, "new parent");
+                if let Some(up) = self.upstream.take() {
+                    up.close(&self.hub).await;
                 }
+                self.parent = Some(p.parent);
+                self.parent_since = Instant::now();
+                self.upstream_connected = false;
+                self.reconnect_after = None;
             }
             Event::Signal(s) => self.on_signal(&s.from, s.data.get()).await,
             Event::TreeClosed(t) => return Some(Exit::TreeClosed(t.reason)),
@@ -239,13 +277,59 @@ impl Node {
                     }
                 } else if from_parent && state == RTCPeerConnectionState::Connected {
                     info!(parent = %from, "connected to parent");
+                    self.upstream_connected = true;
                 } else if from_parent && state == RTCPeerConnectionState::Failed {
-                    warn!(parent = %from, "connection to parent failed");
+                    self.ask_for_another_parent("the connection to the parent failed");
                 }
             }
             // Children never open tracks or channels towards their parent.
             LinkEvent::Track(_) | LinkEvent::DataChannel(_) => {}
         }
+    }
+
+    /// A parent can fail without its connection or its WebSocket closing
+    /// (frozen, or its network gone): the server would notice only after
+    /// its heartbeat timeout. Children notice first, from the media.
+    fn check_upstream(&mut self) {
+        if self.parent.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let last_media = self.upstream.as_ref().and_then(|u| u.activity.last_media());
+        let why = match last_media {
+            Some(last) if now - last >= self.opts.silence => format!(
+                "no media from the parent for {} ms",
+                (now - last).as_millis()
+            ),
+            None if !self.upstream_connected
+                && now - self.parent_since >= self.opts.upstream_timeout =>
+            {
+                format!(
+                    "the parent did not connect within {} s",
+                    self.opts.upstream_timeout.as_secs()
+                )
+            }
+            _ => return,
+        };
+        self.ask_for_another_parent(&why);
+    }
+
+    /// `reconnect`: the server moves this node (with its subtree) under
+    /// another parent and says so with `parent`.
+    fn ask_for_another_parent(&mut self, why: &str) {
+        let now = Instant::now();
+        if self.reconnect_after.is_some_and(|t| now < t) {
+            return;
+        }
+        self.reconnect_after = Some(now + RECONNECT_RETRY);
+        warn!(parent = ?self.parent, "{why}; asking the server for another parent");
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            // Success arrives as a `parent` event too, handled in the loop.
+            if let Err(e) = client.reconnect().await {
+                warn!("reconnect refused: {e}");
+            }
+        });
     }
 
     async fn open_child(&mut self, peer: &str) -> Result<(), RelayError> {

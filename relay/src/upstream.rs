@@ -1,7 +1,9 @@
 //! The one connection to the parent: its tracks and channels flow into the
 //! hub, from which the children are fed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::mpsc;
@@ -18,6 +20,38 @@ use crate::RelayError;
 pub struct Upstream {
     pub link: Arc<Link>,
     readers: Vec<JoinHandle<()>>,
+    pub activity: Arc<Activity>,
+}
+
+/// When media last came from the parent: the node's watch for a parent that
+/// went silent (frozen, or cut off) without its connection closing.
+pub struct Activity {
+    opened: Instant,
+    /// Milliseconds after `opened` of the latest packet, plus one; 0: none yet.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Called per packet; cheap. True for the first packet.
+    fn touch(&self) -> bool {
+        let ms = self.opened.elapsed().as_millis() as u64 + 1;
+        self.last.swap(ms, Ordering::Relaxed) == 0
+    }
+
+    /// When the latest packet came, if any did.
+    pub fn last_media(&self) -> Option<Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.opened + Duration::from_millis(ms - 1)),
+        }
+    }
 }
 
 impl Upstream {
@@ -25,6 +59,7 @@ impl Upstream {
         Upstream {
             link,
             readers: Vec::new(),
+            activity: Arc::new(Activity::new()),
         }
     }
 
@@ -68,10 +103,19 @@ impl Upstream {
         let hub_track = hub.track(spec);
         hub_track.set_upstream(Some((track.clone(), ssrc)));
         let t = hub_track.clone();
+        let activity = self.activity.clone();
+        let parent = self.link.remote.clone();
         self.readers.push(tokio::spawn(async move {
             while let Some(ev) = track.poll().await {
                 match ev {
                     TrackRemoteEvent::OnRtpPacket(p) => {
+                        if activity.touch() {
+                            info!(
+                                parent = %parent,
+                                "media from the parent {} ms after its offer",
+                                activity.opened.elapsed().as_millis()
+                            );
+                        }
                         let fate = t.forward(&p);
                         if fate == Forwarded::AwaitingKeyframe {
                             t.request_keyframe().await;
