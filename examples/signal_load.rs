@@ -281,6 +281,8 @@ async fn start_server(k: u32, k1: u32) -> Result<Server> {
     let mut child = Command::new(&bin)
         .args(["signal", "--listen", "127.0.0.1:0"])
         .args(["--k", &k.to_string(), "--k1", &k1.to_string()])
+        // Every simulated peer comes from 127.0.0.1.
+        .args(["--max-conns-per-ip", "0"])
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),

@@ -7,13 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use relay::forward::Hub;
-use relay::node::{Node, NodeOptions};
+use relay::node::{Node, NodeOptions, Seat};
 use relay::peer::LinkConfig;
-use signalling::client::Client;
 use signalling::protocol::Role;
 use tracing::info;
 
-use crate::media_cmd::{data_out, report_exit, udp_addrs};
+use crate::media_cmd::{data_out, report_exit, udp_addrs, SignalTls};
 use crate::shutdown_signal;
 
 #[derive(Args)]
@@ -21,9 +20,11 @@ pub struct JoinArgs {
     /// The tree to join, as `source` printed it.
     #[arg(allow_hyphen_values = true)]
     tree: String,
-    /// The signalling server's WebSocket URL.
+    /// The signalling server's WebSocket URL (ws:// or wss://).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     signal: String,
+    #[command(flatten)]
+    tls: SignalTls,
     /// Most children this relay accepts (capped by the server's k).
     #[arg(long)]
     k: Option<u32>,
@@ -49,7 +50,7 @@ pub struct JoinArgs {
 pub async fn run(args: JoinArgs) -> Result<()> {
     let udp = udp_addrs(&args.signal, &args.udp_addrs)?;
     let data_out = args.data_out.as_deref().map(data_out).transpose()?;
-    let (client, events) = Client::connect(&args.signal).await?;
+    let (client, events) = args.tls.connect(&args.signal).await?;
     let joined = client
         .join(&args.tree, args.k, Some(Role::Relay))
         .await
@@ -72,7 +73,12 @@ pub async fn run(args: JoinArgs) -> Result<()> {
         silence: args.silence,
         ..NodeOptions::default()
     };
-    let node = Node::new(client, events, hub, overflow, Some(joined.parent), opts);
+    let seat = Seat::Relay {
+        tree: joined.tree.clone(),
+        k: args.k,
+    };
+    let node = Node::new(client, events, hub, overflow, Some(joined.parent), opts)
+        .rejoin_with(args.tls.rejoin(&args.signal, seat));
     report_exit(node.run(shutdown_signal()).await?);
     Ok(())
 }

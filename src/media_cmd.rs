@@ -1,16 +1,62 @@
-//! What `source` and `join` share: where ICE gathers, where data-channel
-//! messages are written, how a node's end is reported.
+//! What `source` and `join` share: how they reach the signalling server,
+//! where ICE gathers, where data-channel messages are written, how a node's
+//! end is reported.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
+use clap::Args;
 use relay::forward::DataMsg;
-use relay::node::Exit;
+use relay::node::{Exit, Rejoin, Seat};
+use signalling::client::{Client, ClientOptions, Events};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+
+/// How to trust a `wss://` signalling server; flattened into `source` and
+/// `join`.
+#[derive(Args)]
+pub struct SignalTls {
+    /// PEM file with the CA certificate (or the self-signed certificate
+    /// itself) of a wss:// --signal server whose certificate is not from a
+    /// public CA. Public CAs (Mozilla's list, built in) are always trusted.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl SignalTls {
+    fn options(&self) -> ClientOptions {
+        ClientOptions {
+            ca_cert: self.ca_cert.clone(),
+            ..ClientOptions::default()
+        }
+    }
+
+    /// Connects to the signalling server at `url` (ws:// or wss://).
+    pub async fn connect(&self, url: &str) -> Result<(Client, Events)> {
+        Ok(Client::connect_with(url, self.options()).await?)
+    }
+
+    /// How a node reconnects to `url` after losing it, taking `seat` again.
+    pub fn rejoin(&self, url: &str, seat: Seat) -> Rejoin {
+        let (url, opts) = (url.to_owned(), self.options());
+        Rejoin {
+            connect: Box::new(move || {
+                let (url, opts) = (url.clone(), opts.clone());
+                Box::pin(async move { Client::connect_with(&url, opts).await })
+            }),
+            seat,
+            give_up_after: REJOIN_FOR,
+        }
+    }
+}
+
+/// How long a source or relay tries to get back into its tree after losing
+/// the signalling server: a restart plus the source's reclaim fit easily.
+const REJOIN_FOR: Duration = Duration::from_secs(60);
 
 /// Host candidates on every interface by default; only loopback when the
 /// signalling server is on loopback (nothing else could reach it anyway, and

@@ -1,12 +1,13 @@
 //! `peer-tree-relay signal`: the signalling server on its own.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use signalling::protocol::IceServer;
-use signalling::server::{self, ServerConfig};
+use signalling::server::{self, ServerConfig, TlsIdentity, TokenKey, DEFAULT_MAX_CONNS_PER_IP};
 use tracing::info;
 
 use crate::shutdown_signal;
@@ -39,6 +40,36 @@ pub struct SignalArgs {
     /// Messages per second allowed per connection; more are dropped.
     #[arg(long, default_value_t = 50)]
     rate: u32,
+    /// Most WebSocket connections open at once from one client IP address
+    /// (IPv6: per /64); more are refused with HTTP 429. 0 = unlimited. Plain
+    /// HTTP requests are not counted. Behind a reverse proxy every client
+    /// has the proxy's address: use 0 there and limit at the proxy.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS_PER_IP)]
+    max_conns_per_ip: u32,
+    /// Accept browser WebSockets only from pages of this origin (repeatable),
+    /// e.g. https://example.org; pages of other origins get HTTP 403. List
+    /// this server's own address too (http://HOST:PORT, or https://) if
+    /// browsers should use its watch page. Clients that send no Origin header
+    /// (relays, sources and other native programs) are always accepted: a
+    /// browser always sends it, a native client can send anything, so this
+    /// keeps other sites' pages out but is not authentication. Default:
+    /// every origin.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// PEM certificate chain (the server's certificate first): serve HTTPS
+    /// and wss:// instead of plain HTTP and ws://, on the same --listen
+    /// port. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Keep the key that signs reclaim tokens in FILE (created, mode 0600,
+    /// when missing). Restarted with the same file, the server lets each
+    /// source take its tree back for --grace after the start, and the
+    /// members rejoin by themselves. Without it a restart loses every tree.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
 }
 
 impl SignalArgs {
@@ -63,6 +94,21 @@ impl SignalArgs {
                 bail!("--ice-server {url:?} must start with stun:, stuns:, turn: or turns:");
             }
         }
+        let allowed_origins = self
+            .allowed_origins
+            .iter()
+            .map(|o| origin(o))
+            .collect::<Result<Vec<_>>>()?;
+        let token_key = match &self.secret_file {
+            Some(path) => TokenKey::load_or_create(path)
+                .with_context(|| format!("--secret-file {}", path.display()))?,
+            None => TokenKey::random(),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsIdentity::from_pem_files(cert, key)?),
+            // clap's `requires` rejects one without the other.
+            _ => None,
+        };
         Ok(ServerConfig {
             k: self.k,
             k1: self.k1,
@@ -79,9 +125,34 @@ impl SignalArgs {
             grace: self.grace,
             max_message: self.max_message,
             rate: self.rate,
+            max_conns_per_ip: self.max_conns_per_ip,
+            allowed_origins,
+            tls,
+            token_key,
             ..ServerConfig::default()
         })
     }
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, lower case, no
+/// path. Checked here because a typo (a trailing path, a missing scheme)
+/// would otherwise match nothing and silently lock every browser out.
+fn origin(text: &str) -> Result<String> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--allowed-origin {text:?} is not an origin: write scheme://host[:port], \
+             e.g. https://example.org or http://127.0.0.1:8080, with no path"
+        )
+    };
+    let trimmed = text.strip_suffix('/').unwrap_or(text);
+    let uri: http::Uri = trimmed.parse().map_err(|_| bad())?;
+    if uri.scheme().is_none()
+        || uri.authority().is_none_or(|a| a.as_str().contains('@'))
+        || uri.path_and_query().is_some_and(|p| p != "/")
+    {
+        return Err(bad());
+    }
+    Ok(trimmed.to_ascii_lowercase())
 }
 
 pub async fn run(args: SignalArgs) -> Result<()> {
@@ -93,14 +164,46 @@ pub async fn run(args: SignalArgs) -> Result<()> {
         )
     })?;
     let addr = listener.local_addr()?;
+    let (http, ws) = if cfg.tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     info!(
         k = cfg.k,
         k1 = cfg.k1,
-        "signalling server listening on http://{addr} (WebSocket ws://{addr}/ws)"
+        max_conns_per_ip = cfg.max_conns_per_ip,
+        "signalling server listening on {http}://{addr} (WebSocket {ws}://{addr}/ws)"
     );
     // Printed on stdout too, so scripts and tests can read the bound port.
     println!("listening on {addr}");
     server::serve(cfg, listener, shutdown_signal()).await?;
     info!("signalling server stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin;
+
+    #[test]
+    fn origins_are_checked_and_normalised() {
+        assert_eq!(
+            origin("https://Example.org/").unwrap(),
+            "https://example.org"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "example.org",
+            "https://example.org/watch",
+            "https://example.org/?x=1",
+            "https://user@example.org",
+            "",
+        ] {
+            assert!(origin(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

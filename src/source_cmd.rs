@@ -10,15 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use relay::forward::{ChannelSpec, DataMsg, Hub, TrackSpec};
-use relay::node::{Node, NodeOptions};
+use relay::node::{Node, NodeOptions, Seat};
 use relay::peer::LinkConfig;
 use relay::publish::{self, Progress};
 use relay::source::{AudioFile, VideoFile};
-use signalling::client::Client;
 use signalling::server::{self, ServerConfig, ServerHandle};
 use tracing::info;
 
-use crate::media_cmd::{report_exit, udp_addrs};
+use crate::media_cmd::{report_exit, udp_addrs, SignalTls};
 use crate::shutdown_signal;
 
 #[derive(Args)]
@@ -33,10 +32,12 @@ pub struct SourceArgs {
     /// continue).
     #[arg(long = "loop")]
     looping: bool,
-    /// An existing signalling server. Without it the source runs its own on
-    /// 127.0.0.1:8080 (or the next free port).
+    /// An existing signalling server (ws:// or wss://). Without it the
+    /// source runs its own on 127.0.0.1:8080 (or the next free port).
     #[arg(long, value_name = "ws://HOST:PORT/ws")]
     signal: Option<String>,
+    #[command(flatten)]
+    tls: SignalTls,
     /// Most children of the source (capped by the server's k1).
     #[arg(long)]
     k1: Option<u32>,
@@ -79,7 +80,7 @@ pub async fn run(args: SourceArgs) -> Result<()> {
             url
         }
     };
-    let (client, events) = Client::connect(&signal_url).await?;
+    let (client, events) = args.tls.connect(&signal_url).await?;
     let created = client.create(args.k1).await?;
     let http_base = signal_url
         .replacen("ws://", "http://", 1)
@@ -88,13 +89,18 @@ pub async fn run(args: SourceArgs) -> Result<()> {
         .to_owned();
     println!("tree:  {}", created.tree);
     println!("watch: {http_base}/#{}", created.tree);
+    // A relay needs the same CA to trust the same server.
+    let ca = match &args.tls.ca_cert {
+        Some(path) => format!(" --ca-cert {}", path.display()),
+        None => String::new(),
+    };
     println!(
-        "relay: peer-tree-relay join {} --signal {signal_url}",
+        "relay: peer-tree-relay join {} --signal {signal_url}{ca}",
         created.tree
     );
     if running_from_checkout() {
         println!(
-            "       (from this checkout: cargo run --release -- join {} --signal {signal_url})",
+            "       (from this checkout: cargo run --release -- join {} --signal {signal_url}{ca})",
             created.tree
         );
     }
@@ -157,7 +163,13 @@ pub async fn run(args: SourceArgs) -> Result<()> {
         },
         ..NodeOptions::default()
     };
-    let node = Node::new(client, events, hub, overflow, None, opts);
+    let seat = Seat::Source {
+        tree: created.tree.clone(),
+        token: created.token.clone(),
+        k: args.k1,
+    };
+    let node = Node::new(client, events, hub, overflow, None, opts)
+        .rejoin_with(args.tls.rejoin(&signal_url, seat));
     let exit = tokio::select! {
         r = node.run(shutdown_signal()) => r?,
         played = player => {
@@ -251,6 +263,7 @@ async fn report_progress(progress: Arc<Progress>, hub: Arc<Hub>, http_base: Stri
 
 /// Peers in the tree, from the server's `/api/trees/{id}`.
 async fn tree_size(http_base: &str, tree: &str) -> Option<u64> {
+    // Over https:// the size shows as `?`: http_get speaks plain HTTP only.
     let hostport = http_base.strip_prefix("http://")?;
     let path = format!("/api/trees/{tree}");
     let (status, body) = signalling::client::http_get(hostport, &path, Duration::from_secs(1))

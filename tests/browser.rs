@@ -573,3 +573,93 @@ async fn closing_a_middle_browser_heals_its_subtree_within_3_s() {
     println!("(d) L's reconnectUpstream() refused with tree-full; L still decodes at {fps:.1} fps");
     leaf.close().await;
 }
+
+/// Sockets a process holds open, from /proc (Linux).
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A browser child that vanishes mid-handshake (its page joins, gets the
+/// relay's offer, and closes before answering) leaves nothing behind in the
+/// relay: the server says `child-gone`, the relay closes that connection,
+/// and the relay's socket count returns to what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_vanishing_mid_handshake_leaves_no_state_in_the_relay() {
+    let Some((chromium, driver)) = chrome::tools("vanishing browser", &[]) else {
+        return;
+    };
+    let _one = one_at_a_time().await;
+    let s = Scratch::new("browser-vanish");
+    let (_sig, url) = signal_server(&s, &[]);
+    let (_src, tree) = looping_source(&s, &url, &sample("testsrc-640x360-vp8.ivf"));
+    let r = relay(
+        &s,
+        "relay",
+        &url,
+        &tree,
+        &["--k", "2"],
+        "connected to parent",
+    );
+    let pid = r.child.id();
+    // Settled: connected to its parent, no child yet.
+    let before = open_sockets(pid);
+    let chrome = Chrome::start(&s, &chromium, &driver);
+    let page = chrome
+        .page("vanishing", &format!("http://{}/?k=0", http_addr(&url)))
+        .await;
+    // A page speaking the protocol by hand, so it can stop half-way: it
+    // joins, waits for the relay's offer, and never answers.
+    let got = page
+        .eval(&format!(
+            "return new Promise((resolve, reject) => {{ \
+               const ws = new WebSocket({ws}); \
+               setTimeout(() => reject(new Error('no offer')), 15000); \
+               ws.onmessage = (ev) => {{ \
+                 const m = JSON.parse(ev.data); \
+                 if (m.type === 'hello') ws.send(JSON.stringify({{type: 'join', tree: {tree}, k: 0, role: 'browser'}})); \
+                 if (m.type === 'signal' && m.data.sdp) resolve({{ from: m.from, type: m.data.sdp.type }}); \
+               }}; \
+             }})",
+            ws = serde_json::json!(url),
+            tree = serde_json::json!(tree),
+        ))
+        .await;
+    assert_eq!(got["type"], "offer", "{got}");
+    assert_eq!(got["from"], relay_peer(&r).as_str());
+    let during = open_sockets(pid);
+    let closed = Instant::now();
+    page.close().await;
+    until(
+        "the relay closes the half-open child",
+        Duration::from_secs(10),
+        || log_has(&r, "child gone; closing its connection"),
+    );
+    let after = until(
+        "the relay's sockets back to before",
+        Duration::from_secs(10),
+        || {
+            let n = open_sockets(pid);
+            (n <= before).then_some(n)
+        },
+    );
+    println!(
+        "vanishing browser: relay sockets {before} before, {during} mid-handshake, {after} \
+         {} ms after closing the page began",
+        closed.elapsed().as_millis()
+    );
+    assert!(
+        during > before,
+        "the half-open child held sockets: {during}"
+    );
+    let snap = tree_snapshot(&url, &tree).await;
+    assert_eq!(snap["size"], 2, "only the source and the relay: {snap}");
+}

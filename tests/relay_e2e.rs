@@ -329,3 +329,57 @@ fn frozen_parent_is_replaced_by_its_child() {
     );
     frozen.signal("CONT");
 }
+
+/// The signalling server restarts (same address, same --secret-file): the
+/// source reconnects with backoff and reclaims its tree id, the relay joins
+/// that tree again, and media flows to the relay's recording again.
+#[test]
+fn a_restarted_server_gets_its_tree_back() {
+    let s = Scratch::new("restart");
+    let secret = s.path("secret");
+    let secret = secret.to_str().unwrap();
+    let (mut sig, url) = signal_server(&s, &["--secret-file", secret]);
+    let addr = http_addr(&url);
+    let (src, tree) = looping_source(&s, &url, &sample("testsrc-640x360-vp8.ivf"));
+    let rec = s.path("leaf.ivf");
+    let leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().unwrap()],
+        "joined tree",
+    );
+    until("the leaf records", Duration::from_secs(20), || {
+        (ivf_frames(&rec).len() >= 30).then_some(())
+    });
+
+    sig.kill();
+    let down = Instant::now();
+    // Down long enough for both to see it and back off at least once.
+    until("both notice", Duration::from_secs(10), || {
+        (log_has(&src, "lost the signalling server").is_some()
+            && log_has(&leaf, "lost the signalling server").is_some())
+        .then_some(())
+    });
+    let args = ["signal", "--listen", &addr, "--secret-file", secret];
+    let again = Proc::spawn(&s, "signal-again", &args, false);
+    again.line("listening on ", Duration::from_secs(20));
+    until(
+        "the source takes its tree back",
+        Duration::from_secs(15),
+        || log_has(&src, "took the tree back"),
+    );
+    until("the leaf joins again", Duration::from_secs(15), || {
+        log_has(&leaf, "joined the tree again")
+    });
+    let before = ivf_frames(&rec).len();
+    until("the leaf records again", Duration::from_secs(15), || {
+        (ivf_frames(&rec).len() > before + 5).then_some(())
+    });
+    eprintln!(
+        "server restart: the leaf records again {} ms after the server went down",
+        down.elapsed().as_millis()
+    );
+    assert!(src.log_text().contains(&tree));
+}

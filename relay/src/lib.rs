@@ -33,6 +33,8 @@ pub enum RelayError {
     UnsupportedCodec(String),
     #[error("lost the connection to the signalling server")]
     SignallingLost,
+    #[error("could not get back into the tree: {0}")]
+    Rejoin(String),
     #[error(transparent)]
     Source(#[from] source::SourceError),
 }

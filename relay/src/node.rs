@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signalling::client::{Client, Events};
-use signalling::protocol::Event;
+use signalling::client::{Client, ClientError, Events};
+use signalling::protocol::{Event, Role};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use webrtc::peer_connection::RTCPeerConnectionState;
@@ -52,6 +53,36 @@ impl Default for NodeOptions {
     }
 }
 
+/// How a node gets its seat back after losing the signalling server (it
+/// restarted, or the network dropped): reconnect with backoff, then reclaim
+/// the tree (a source) or join it again (a relay).
+pub struct Rejoin {
+    pub connect: Box<dyn Fn() -> ConnectFuture + Send + Sync>,
+    pub seat: Seat,
+    /// Stop trying after this long without success.
+    pub give_up_after: Duration,
+}
+
+pub type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<(Client, Events), ClientError>> + Send>>;
+
+/// The place a node takes again.
+pub enum Seat {
+    Source {
+        tree: String,
+        token: String,
+        k: Option<u32>,
+    },
+    Relay {
+        tree: String,
+        k: Option<u32>,
+    },
+}
+
+/// First and longest wait between reconnection attempts.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(4);
+
 /// How often the node looks at its parent's health.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
 /// How long a refused or unanswered `reconnect` waits before another try.
@@ -82,6 +113,7 @@ pub struct Node {
     /// A `reconnect` is out; no other before this instant.
     reconnect_after: Option<Instant>,
     upstream: Option<Upstream>,
+    rejoin: Option<Rejoin>,
     children: HashMap<String, Child>,
     /// Children announced before this node had anything to offer them.
     waiting: Vec<String>,
@@ -121,13 +153,22 @@ impl Node {
             upstream_connected: false,
             reconnect_after: None,
             upstream: None,
+            rejoin: None,
             children: HashMap::new(),
             waiting: Vec::new(),
             recording: false,
         }
     }
 
-    /// Serves until the tree closes, the server goes away, or `shutdown`.
+    /// After losing the signalling server, get the seat back this way
+    /// instead of stopping.
+    pub fn rejoin_with(mut self, rejoin: Rejoin) -> Node {
+        self.rejoin = Some(rejoin);
+        self
+    }
+
+    /// Serves until the tree closes, the server goes away (for good, with
+    /// [`Node::rejoin_with`]), or `shutdown`.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Exit, RelayError> {
         tokio::pin!(shutdown);
         let mut hub_changes = self.hub.subscribe();
@@ -139,7 +180,11 @@ impl Node {
                 _ = health.tick() => self.check_upstream(),
                 ev = self.events.next() => {
                     let Some(ev) = ev else {
-                        break Err(RelayError::SignallingLost);
+                        match self.take_seat_again(shutdown.as_mut()).await {
+                            Ok(true) => continue,
+                            Ok(false) => break Ok(Exit::Shutdown),
+                            Err(e) => break Err(e),
+                        }
                     };
                     if let Some(exit) = self.on_event(ev).await {
                         break Ok(exit);
@@ -285,6 +330,86 @@ impl Node {
             // Children never open tracks or channels towards their parent.
             LinkEvent::Track(_) | LinkEvent::DataChannel(_) => {}
         }
+    }
+
+    /// The signalling connection is gone. Every peer connection goes too:
+    /// the server re-places this node's children and its parent's slot at
+    /// once, so they would be stale. Then reconnect with backoff and take
+    /// the seat again. Ok(false): `shutdown` came first.
+    async fn take_seat_again(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, RelayError> {
+        if self.rejoin.is_none() {
+            return Err(RelayError::SignallingLost);
+        }
+        warn!("lost the signalling server; closing peer connections and reconnecting");
+        self.close_all().await;
+        self.waiting.clear();
+        self.parent = None;
+        let started = Instant::now();
+        let mut delay = BACKOFF_FIRST;
+        loop {
+            // Jitter keeps a whole tree from reconnecting in lockstep.
+            let jitter = Duration::from_nanos(
+                u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos(),
+                ) % (delay.as_nanos() as u64 / 2 + 1),
+            );
+            tokio::select! {
+                _ = shutdown.as_mut() => return Ok(false),
+                _ = tokio::time::sleep(delay + jitter) => {}
+            }
+            match self.try_seat().await {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    let Some(rejoin) = &self.rejoin else {
+                        return Err(RelayError::SignallingLost);
+                    };
+                    if started.elapsed() >= rejoin.give_up_after {
+                        return Err(RelayError::Rejoin(format!(
+                            "gave up after {} s: {e}",
+                            started.elapsed().as_secs()
+                        )));
+                    }
+                    warn!("reconnecting: {e}; next try in {} ms", delay.as_millis());
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn try_seat(&mut self) -> Result<(), ClientError> {
+        let Some(rejoin) = &self.rejoin else {
+            return Err(ClientError::Closed);
+        };
+        let (client, events) = (rejoin.connect)().await?;
+        match &rejoin.seat {
+            Seat::Source { tree, token, k } => {
+                client.reclaim(tree, token, *k).await?;
+                info!(tree = %tree, peer = %client.peer_id(), "took the tree back");
+            }
+            Seat::Relay { tree, k } => {
+                let j = client.join(tree, *k, Some(Role::Relay)).await?;
+                info!(
+                    tree = %tree,
+                    peer = %client.peer_id(),
+                    parent = %j.parent,
+                    depth = j.depth,
+                    "joined the tree again"
+                );
+                self.parent = Some(j.parent);
+                self.parent_since = Instant::now();
+            }
+        }
+        self.upstream_connected = false;
+        self.reconnect_after = None;
+        self.client = client;
+        self.events = events;
+        Ok(())
     }
 
     /// A parent can fail without its connection or its WebSocket closing

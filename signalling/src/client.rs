@@ -9,15 +9,19 @@
 //! a `reconnect`, because the media side must act on it either way.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::Connector;
 
 use crate::protocol::{
     Create, Created, ErrorMsg, Event, Hello, Join, Joined, Parent, Reclaim, Request, Role,
@@ -28,6 +32,64 @@ use crate::protocol::{
 pub enum ClientError {
     #[error("cannot connect to the signalling server at {url} (is it running? check --signal)")]
     Connect {
+        url: String,
+        #[source]
+        source: tokio_tungstenite::tungstenite::Error,
+    },
+    #[error("the signalling server at {url} refused the WebSocket with HTTP {status}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    Rejected {
+        url: String,
+        status: u16,
+        /// The response body, trimmed: the server's explanation.
+        reason: String,
+    },
+    #[error(
+        "the signalling server at {url} presented a TLS certificate this client does not trust \
+         ({hint})"
+    )]
+    Certificate {
+        url: String,
+        /// What to do about it, as far as the error tells.
+        hint: &'static str,
+        /// Always `rustls::Error::InvalidCertificate`, saying what was wrong.
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the TLS handshake with the signalling server at {url} failed (is it serving TLS on that port?)")]
+    Tls {
+        url: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot read the CA certificate file {}", path.display())]
+    CaCertRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA certificate file {} is not valid PEM", path.display())]
+    CaCertPem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error(
+        "the CA certificate file {} holds no certificate (expected a PEM block \
+         -----BEGIN CERTIFICATE-----)",
+        path.display()
+    )]
+    NoCaCert { path: PathBuf },
+    #[error("the CA certificate file {} holds a certificate that cannot be a trust anchor", path.display())]
+    CaCertUnusable {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error(
+        "the server at {url} did not answer as a WebSocket server (if it serves TLS, the URL \
+         must start with wss://)"
+    )]
+    NotWebSocket {
         url: String,
         #[source]
         source: tokio_tungstenite::tungstenite::Error,
@@ -100,6 +162,10 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Events buffered before the reader stops reading the socket.
     pub event_buffer: usize,
+    /// A PEM file of CA certificates that `wss://` servers may chain to, in
+    /// addition to the public web PKI roots (Mozilla's, built in): for a
+    /// server with a self-signed or privately issued certificate.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -107,6 +173,7 @@ impl Default for ClientOptions {
         ClientOptions {
             timeout: Duration::from_secs(10),
             event_buffer: 1024,
+            ca_cert: None,
         }
     }
 }
@@ -141,7 +208,8 @@ impl Stream for Events {
 }
 
 impl Client {
-    /// Connects to `ws://host:port/ws` and waits for `hello`.
+    /// Connects to `ws://host:port/ws` or `wss://host:port/ws` and waits for
+    /// `hello`.
     pub async fn connect(url: &str) -> Result<(Client, Events), ClientError> {
         Client::connect_with(url, ClientOptions::default()).await
     }
@@ -150,12 +218,17 @@ impl Client {
         url: &str,
         opts: ClientOptions,
     ) -> Result<(Client, Events), ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        // A CA file is read even for ws://, so a wrong path fails the same
+        // way whatever the URL.
+        let connector = match &opts.ca_cert {
+            Some(path) => Some(tls_config(url, Some(path))?),
+            None if is_wss(url) => Some(tls_config(url, None)?),
+            None => None,
+        }
+        .map(Connector::Rustls);
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
             .await
-            .map_err(|source| ClientError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
+            .map_err(|e| connect_error(url, e))?;
         let (mut sink, mut stream) = ws.split();
 
         let hello = tokio::time::timeout(opts.timeout, async {
@@ -311,10 +384,17 @@ impl Client {
     }
 
     /// Takes a tree back after this source's previous connection dropped.
-    pub async fn reclaim(&self, tree: &str, token: &str) -> Result<Created, ClientError> {
+    /// `k` is used if the server lost the tree (it restarted).
+    pub async fn reclaim(
+        &self,
+        tree: &str,
+        token: &str,
+        k: Option<u32>,
+    ) -> Result<Created, ClientError> {
         let req = Request::Reclaim(Reclaim {
             tree: tree.to_owned(),
             token: token.to_owned(),
+            k,
         });
         match self.request(req, Awaits::Reclaim).await? {
             Event::Created(c) => Ok(c),
@@ -374,10 +454,140 @@ fn unexpected(ev: Event) -> ClientError {
     ClientError::Unexpected(ev.type_name())
 }
 
+fn is_wss(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+}
+
+/// The public web PKI roots plus, when given, the CA certificates in
+/// `ca_cert`. Built-in roots rather than the system store: they are the
+/// same on every machine, including minimal containers that have no CA
+/// bundle, and a private CA is exactly what `ca_cert` is for.
+fn tls_config(url: &str, ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaCertRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ClientError::CaCertPem {
+                path: path.to_owned(),
+                source,
+            })?;
+        if certs.is_empty() {
+            return Err(ClientError::NoCaCert {
+                path: path.to_owned(),
+            });
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|source| ClientError::CaCertUnusable {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
+    }
+    // The provider is named rather than taken from the process default:
+    // which providers rustls has compiled in depends on the rest of the
+    // build, and with two of them the default is ambiguous.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    // Only fails for a provider without cipher suites; ring has them.
+    .map_err(|source| ClientError::Tls {
+        url: url.to_owned(),
+        source,
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Turns what tungstenite reports into the error a user can act on: the
+/// server's refusal with its reason, an untrusted certificate, a failed
+/// TLS handshake, or else "cannot connect".
+fn connect_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let url = url.to_owned();
+    match e {
+        WsError::Http(resp) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            let reason: String = String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect();
+            ClientError::Rejected {
+                url,
+                status: resp.status().as_u16(),
+                reason,
+            }
+        }
+        // tokio-rustls reports handshake failures as I/O errors that carry
+        // the rustls error inside.
+        WsError::Io(io) if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+            let tls = io
+                .into_inner()
+                .and_then(|i| i.downcast::<rustls::Error>().ok())
+                .map(|b| *b);
+            match tls {
+                Some(rustls::Error::InvalidCertificate(cert)) => ClientError::Certificate {
+                    url,
+                    hint: certificate_hint(&cert),
+                    source: rustls::Error::InvalidCertificate(cert),
+                },
+                Some(source) => ClientError::Tls { url, source },
+                None => unreachable!("checked to be a rustls error above"),
+            }
+        }
+        // What a TLS server's alert looks like to an HTTP parser.
+        source @ WsError::Protocol(
+            tokio_tungstenite::tungstenite::error::ProtocolError::HttparseError(_),
+        ) if !is_wss(&url) => ClientError::NotWebSocket { url, source },
+        source => ClientError::Connect { url, source },
+    }
+}
+
+fn certificate_hint(e: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        C::UnknownIssuer => "a private or self-signed one needs its CA certificate: --ca-cert FILE",
+        // A self-signed certificate whose name matches the one trusted,
+        // but another key: usually a regenerated certificate.
+        C::BadSignature => "it is not signed by the --ca-cert given nor by a public CA",
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it is not for this host: use a name or address the certificate lists"
+        }
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            "it has expired or is not valid yet: renew it, or check the clocks"
+        }
+        // `openssl req -x509` marks its certificates CA:TRUE by default,
+        // and such a certificate may only sign others, never be a server's.
+        C::Other(o)
+            if matches!(
+                o.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) =>
+        {
+            "it is a CA certificate (basicConstraints CA:TRUE), which cannot be a server's own: \
+             make the server's certificate with CA:FALSE"
+        }
+        _ => "the reason follows",
+    }
+}
+
 /// GETs `path` from the signalling server's HTTP side (`/healthz`,
 /// `/metrics`, `/api/trees/{id}`) at `addr` (`host:port`); returns the status
 /// and the body. A bare HTTP/1.1 request: three small endpoints of our own
-/// server do not warrant an HTTP client dependency in every tool.
+/// server do not warrant an HTTP client dependency in every tool. It speaks
+/// plain HTTP only, no TLS: it is for a server on loopback or otherwise
+/// trusted network (a server started with a certificate cannot be asked).
 pub async fn http_get(
     addr: &str,
     path: &str,

@@ -207,6 +207,10 @@ pub struct SignalTo {
 pub struct Reclaim {
     pub tree: String,
     pub token: String,
+    /// The source's `k`, used when the server re-creates a tree it lost (it
+    /// restarted): an extension of protocol v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<u32>,
 }
 
 /// Optional counters a peer reports for the dashboard; unknown fields are kept.

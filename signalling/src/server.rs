@@ -1,4 +1,5 @@
-//! The signalling server: HTTP and WebSocket on one port.
+//! The signalling server: HTTP and WebSocket on one port (HTTPS and wss://
+//! when given a certificate).
 //!
 //! Each WebSocket is one task that owns its socket; all tree state lives in
 //! [`registry::Registry`] behind one mutex that is held only while a request
@@ -10,28 +11,38 @@
 mod metrics;
 mod registry;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::IncomingStream;
 use axum::Router;
 use base64::Engine;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::protocol::{ErrorCode, Event, Hello, IceServer, ProtocolError, Request, VERSION};
-use metrics::Metrics;
+use metrics::{Metrics, Refusal};
+pub use registry::TokenKey;
 use registry::{Effects, PeerId, Registry};
 
 /// The server's limits and caps; every field is a command-line flag of
@@ -54,6 +65,17 @@ pub struct ServerConfig {
     pub malformed_limit: u32,
     /// Messages queued to one peer before it counts as too slow and is dropped.
     pub outbox_capacity: usize,
+    /// Most WebSockets open at once from one client address (an IPv6 client
+    /// by its /64); 0 = unlimited.
+    pub max_conns_per_ip: u32,
+    /// Origins whose pages may open a WebSocket; empty = every origin. A
+    /// request without an `Origin` header is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Serve HTTPS and wss:// instead of plain HTTP and ws://.
+    pub tls: Option<TlsIdentity>,
+    /// Signs reclaim tokens; the same key after a restart lets sources take
+    /// their trees back.
+    pub token_key: TokenKey,
 }
 
 impl Default for ServerConfig {
@@ -68,9 +90,18 @@ impl Default for ServerConfig {
             rate: 50,
             malformed_limit: 8,
             outbox_capacity: 1024,
+            max_conns_per_ip: DEFAULT_MAX_CONNS_PER_IP,
+            allowed_origins: Vec::new(),
+            tls: None,
+            token_key: TokenKey::random(),
         }
     }
 }
+
+/// Enough for a household or a small office behind one NAT address to watch
+/// together, or a machine running dozens of relays, while one address can no
+/// longer hold thousands of sockets and peer slots.
+pub const DEFAULT_MAX_CONNS_PER_IP: u32 = 64;
 
 /// WebSocket close codes the protocol names.
 const CLOSE_POLICY: u16 = 1008;
@@ -82,6 +113,7 @@ struct Shared {
     registry: Mutex<Registry>,
     metrics: Metrics,
     shutdown: CancellationToken,
+    ip_counts: IpCounts,
 }
 
 impl Shared {
@@ -164,6 +196,7 @@ pub(crate) fn new_id(bytes: usize) -> String {
 /// A running server: its address and the means to stop it.
 pub struct ServerHandle {
     addr: SocketAddr,
+    tls: bool,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -173,13 +206,16 @@ impl ServerHandle {
         self.addr
     }
 
-    /// `ws://ADDR/ws`, what clients connect to.
+    /// `ws://ADDR/ws` (`wss://` with TLS), what clients connect to.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.addr)
     }
 
+    /// `http://ADDR` (`https://` with TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting, closes every WebSocket with 1001, and waits.
@@ -214,11 +250,13 @@ pub async fn spawn(cfg: ServerConfig, addr: SocketAddr) -> std::io::Result<Serve
 /// Serves on an already bound listener in the background.
 pub fn spawn_on(cfg: ServerConfig, listener: TcpListener) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
+    let tls = cfg.tls.is_some();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move { serve(cfg, listener, stop.cancelled_owned()).await });
     Ok(ServerHandle {
         addr,
+        tls,
         shutdown,
         task,
     })
@@ -235,10 +273,12 @@ pub async fn serve(
         registry: Mutex::new(Registry::default()),
         metrics: Metrics::new(),
         shutdown: CancellationToken::new(),
+        ip_counts: IpCounts::default(),
     });
-    let app = router(shared.clone());
+    let incoming = Incoming::new(listener, shared.cfg.tls.as_ref())?;
+    let app = router(shared.clone()).into_make_service_with_connect_info::<ClientAddr>();
     let token = shared.shutdown.clone();
-    let result = axum::serve(listener, app)
+    let result = axum::serve(incoming, app)
         .with_graceful_shutdown(async move {
             stop.await;
             token.cancel();
@@ -296,14 +336,55 @@ async fn tree_snapshot(State(shared): State<Arc<Shared>>, Path(id): Path<String>
     }
 }
 
-async fn ws_upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
-    let max = shared.cfg.max_message;
+/// Origin first, then the per-address count: a request refused for its
+/// origin must not take one of its address's slots.
+async fn ws_upgrade(
+    State(shared): State<Arc<Shared>>,
+    ws: WebSocketUpgrade,
+    ConnectInfo(ClientAddr(from)): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let cfg = &shared.cfg;
+    if !origin_allowed(&cfg.allowed_origins, &headers) {
+        shared.metrics.refused(Refusal::Origin);
+        debug!(%from, origin = ?headers.get(header::ORIGIN), "WebSocket refused: origin not allowed");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "WebSocket refused: this page's origin is not allowed to use this signalling server\n"
+                .to_owned(),
+        );
+    }
+    let slot = if cfg.max_conns_per_ip == 0 {
+        None
+    } else {
+        match shared.ip_counts.acquire(from.ip(), cfg.max_conns_per_ip) {
+            Some(slot) => Some(slot),
+            None => {
+                shared.metrics.refused(Refusal::PerIpLimit);
+                debug!(%from, "WebSocket refused: per-address connection limit reached");
+                return refusal(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "WebSocket refused: {} connections from your address are already open, \
+                         the most this server allows; close one and try again\n",
+                        cfg.max_conns_per_ip
+                    ),
+                );
+            }
+        }
+    };
+    let max = cfg.max_message;
     ws.max_message_size(max)
         .max_frame_size(max)
         // Signalling messages are small; the 128 KiB default read buffer per
         // connection would dominate memory at 18,000 peers.
         .read_buffer_size(1024)
-        .on_upgrade(move |socket| connection(shared, socket))
+        .on_upgrade(move |socket| async move {
+            // Held for the connection's life; dropped with this future on
+            // every path, a failed upgrade included.
+            let _slot = slot;
+            connection(shared, socket).await
+        })
 }
 
 /// Admits a message when the connection has sent fewer than `rate` in the
@@ -510,4 +591,436 @@ fn is_too_large(e: axum::Error) -> bool {
     e.into_inner()
         .downcast_ref::<tungstenite::Error>()
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+// ---------------------------------------------------------------------------
+// Admission: per-address limit and Origin allow-list.
+
+/// Only WebSockets count towards `max_conns_per_ip`, not plain HTTP: a
+/// WebSocket is what holds the server's resources for minutes or hours (a
+/// peer entry, a tree slot, its outgoing queue, a ping timer), and the
+/// refusal can be a clear HTTP 429 on the upgrade request. An HTTP request
+/// is answered from memory and over; counting those connections too would
+/// charge a browser's parallel page and script fetches against the same
+/// budget as its one WebSocket, yet give no clear place to say no (a
+/// connection is counted before any request on it can be answered).
+#[derive(Clone, Default)]
+struct IpCounts(Arc<Mutex<HashMap<IpAddr, u32>>>);
+
+impl IpCounts {
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
+        // The map holds plain counts, consistent after any single update.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for one more WebSocket from `ip`, or `None` when `ip` already
+    /// has `limit` open.
+    fn acquire(&self, ip: IpAddr, limit: u32) -> Option<IpSlot> {
+        let key = client_key(ip);
+        let mut open = self.lock();
+        let n = open.entry(key).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> u32 {
+        self.lock().get(&client_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+/// One open WebSocket's share of its address's count, given back on drop:
+/// whether the connection closes, fails, is killed as too slow, the upgrade
+/// never completes or its task panics, the count goes down exactly once.
+struct IpSlot {
+    counts: IpCounts,
+    key: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                // Forget idle addresses, or the map would grow with every
+                // address ever seen.
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The unit one limit applies to. An IPv4 client that reaches a dual-stack
+/// socket as `::ffff:a.b.c.d` is the same client as `a.b.c.d`. An IPv6 host
+/// usually has a whole /64 to itself and can pick any address in it, so
+/// per-address counting would not limit it at all: count the /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+/// Browsers always send `Origin` on a WebSocket handshake and pages cannot
+/// forge it, so the list keeps other sites' pages from using this server.
+/// Native clients send none and cannot be told apart by it anyway: Origin
+/// is not authentication, so their requests pass.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    // Browsers serialise scheme and host in lower case; the list may not be.
+    allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+fn refusal(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            // The refusal ends the exchange; keeping the connection would
+            // only hold a socket for a client that was just told no.
+            (header::CONNECTION, "close"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------
+// TLS and the listener.
+
+/// What can stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot read the TLS {what} file {}", path.display())]
+    TlsRead {
+        what: TlsPart,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the TLS {what} file {} is not valid PEM", path.display())]
+    TlsPem {
+        what: TlsPart,
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error(
+        "the TLS certificate file {} holds no certificate (expected a PEM block \
+         -----BEGIN CERTIFICATE-----)",
+        path.display()
+    )]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "the TLS key file {} holds no private key (expected a PEM block -----BEGIN PRIVATE KEY-----, \
+         -----BEGIN RSA PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
+    #[error(
+        "the TLS certificate {} and key {} cannot be used together",
+        cert.display(),
+        key.display()
+    )]
+    TlsConfig {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Which of the two TLS files an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPart {
+    Certificate,
+    Key,
+}
+
+impl std::fmt::Display for TlsPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsPart::Certificate => "certificate",
+            TlsPart::Key => "key",
+        })
+    }
+}
+
+/// A certificate chain and its private key, ready to serve HTTPS and wss://.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never let `{:?}` of a ServerConfig walk into the key material.
+        f.write_str("TlsIdentity(..)")
+    }
+}
+
+impl TlsIdentity {
+    /// Reads a PEM certificate chain (the server's certificate first, then
+    /// any intermediates) and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &FsPath, key: &FsPath) -> Result<TlsIdentity, ServerError> {
+        let read = |what, path: &FsPath| {
+            std::fs::read(path).map_err(|source| ServerError::TlsRead {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read(TlsPart::Certificate, cert)?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ServerError::TlsPem {
+                what: TlsPart::Certificate,
+                path: cert.to_owned(),
+                source,
+            })?;
+        if chain.is_empty() {
+            return Err(ServerError::NoCertificate {
+                path: cert.to_owned(),
+            });
+        }
+        let key_pem = read(TlsPart::Key, key)?;
+        let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => ServerError::NoKey {
+                path: key.to_owned(),
+            },
+            source => ServerError::TlsPem {
+                what: TlsPart::Key,
+                path: key.to_owned(),
+                source,
+            },
+        })?;
+        let config_err = |source| ServerError::TlsConfig {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        };
+        // The provider is named rather than taken from the process default:
+        // which providers rustls has compiled in depends on the rest of the
+        // build, and with two of them the default is ambiguous.
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_no_client_auth()
+        // Also checks that the key belongs to the certificate, so a mismatch
+        // fails at start-up rather than in every client's handshake.
+        .with_single_cert(chain, private)
+        .map_err(config_err)?;
+        // axum serves HTTP/1.1 only here, which WebSocket upgrades need.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsIdentity {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// How long a client may take over its TLS handshake; after that the
+/// connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once. Each costs a task and some memory
+/// until it finishes or times out; past this many, new connections wait in
+/// the kernel's accept queue instead of piling up here.
+const MAX_TLS_HANDSHAKES: usize = 1024;
+
+/// The listener behind `axum::serve`, plain or TLS.
+///
+/// TLS is done here, with tokio-rustls in front of axum's own `serve`,
+/// rather than with a server crate such as axum-server: `serve` already
+/// gives us graceful shutdown and the upgrade handling the WebSockets use,
+/// and a TLS listener is the only piece missing. Handshakes run in tasks of
+/// their own and only finished ones are handed to `accept`, so a client that
+/// stalls its handshake delays nobody else's.
+struct Incoming {
+    local: SocketAddr,
+    kind: IncomingKind,
+}
+
+enum IncomingKind {
+    Plain(TcpListener),
+    Tls(mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>),
+}
+
+impl Incoming {
+    fn new(listener: TcpListener, tls: Option<&TlsIdentity>) -> std::io::Result<Incoming> {
+        let local = listener.local_addr()?;
+        let kind = match tls {
+            None => IncomingKind::Plain(listener),
+            Some(id) => {
+                let (tx, rx) = mpsc::channel(64);
+                let acceptor = TlsAcceptor::from(id.config.clone());
+                tokio::spawn(tls_handshakes(listener, acceptor, tx));
+                IncomingKind::Tls(rx)
+            }
+        };
+        Ok(Incoming { local, kind })
+    }
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = Either<TcpStream, TlsStream<TcpStream>>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match &mut self.kind {
+            IncomingKind::Plain(listener) => {
+                let (tcp, from) = accept_tcp(listener).await;
+                (Either::Left(tcp), from)
+            }
+            IncomingKind::Tls(rx) => match rx.recv().await {
+                Some((tls, from)) => (Either::Right(tls), from),
+                // The handshake task ends only once this receiver is gone.
+                None => std::future::pending().await,
+            },
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// The client's address, for handlers (`ConnectInfo<ClientAddr>`).
+#[derive(Clone, Copy, Debug)]
+struct ClientAddr(SocketAddr);
+
+impl Connected<IncomingStream<'_, Incoming>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, Incoming>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// Accepts the next TCP connection, riding out errors: a connection reset
+/// before it was accepted concerns only that client, and running out of
+/// file descriptors passes once connections close.
+async fn accept_tcp(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                error!("accepting a connection failed: {e}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections and hands each to `tx` once its TLS handshake is
+/// done; stops when the receiving `Incoming` is dropped (server shut down).
+async fn tls_handshakes(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_TLS_HANDSHAKES));
+    loop {
+        let next = async {
+            // The semaphore is never closed, so `ok()` is always `Some`.
+            let slot = slots.clone().acquire_owned().await.ok();
+            (slot, accept_tcp(&listener).await)
+        };
+        let (slot, (tcp, from)) = tokio::select! {
+            n = next => n,
+            _ = tx.closed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send((tls, from)).await;
+                }
+                // Scanners, plain-HTTP clients and clients that distrust the
+                // certificate all end here; not worth more than debug.
+                Ok(Err(e)) => debug!(%from, "TLS handshake failed: {e}"),
+                Err(_) => {
+                    debug!(%from, "TLS handshake not done within {TLS_HANDSHAKE_TIMEOUT:?}; dropped")
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_per_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn slots_are_given_back_on_drop_and_idle_addresses_forgotten() {
+        let counts = IpCounts::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let s1 = counts.acquire(ip, 2).expect("first");
+        let s2 = counts.acquire(ip, 2).expect("second");
+        assert!(counts.acquire(ip, 2).is_none(), "third is over the limit");
+        assert!(
+            counts.acquire("192.0.2.2".parse().unwrap(), 2).is_some(),
+            "another address has its own count"
+        );
+        drop(s1);
+        assert_eq!(counts.open(ip), 1);
+        let s3 = counts.acquire(ip, 2).expect("a freed slot is reusable");
+        drop((s2, s3));
+        assert!(counts.lock().is_empty(), "no entry left for idle addresses");
+    }
+
+    #[test]
+    fn origin_list() {
+        let mut h = HeaderMap::new();
+        let list = vec!["https://Example.org/".to_owned()];
+        assert!(origin_allowed(&[], &h), "no list: everyone");
+        assert!(origin_allowed(&list, &h), "no Origin: a native client");
+        h.insert(header::ORIGIN, "https://example.org".parse().unwrap());
+        assert!(origin_allowed(&list, &h));
+        h.insert(
+            header::ORIGIN,
+            "https://example.org.evil.test".parse().unwrap(),
+        );
+        assert!(!origin_allowed(&list, &h));
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(!origin_allowed(&list, &h));
+    }
 }

@@ -494,7 +494,8 @@ fn valid_request() -> impl Strategy<Value = Request> {
         (id(), raw_data()).prop_map(|(to, data)| Request::Signal(SignalTo { to, data })),
         Just(Request::Reconnect),
         Just(Request::Leave),
-        (id(), id()).prop_map(|(tree, token)| Request::Reclaim(Reclaim { tree, token })),
+        (id(), id(), proptest::option::of(0u32..100))
+            .prop_map(|(tree, token, k)| Request::Reclaim(Reclaim { tree, token, k })),
         (
             prop::option::of(exact_f64()),
             prop::option::of(exact_f64()),
@@ -606,7 +607,11 @@ fn schema(ty: &str) -> &'static [(&'static str, Kind, bool)] {
             ("role", Kind::OptRole, false),
         ],
         "signal" => &[("to", Kind::Str, true), ("data", Kind::Any, true)],
-        "reclaim" => &[("tree", Kind::Str, true), ("token", Kind::Str, true)],
+        "reclaim" => &[
+            ("tree", Kind::Str, true),
+            ("token", Kind::Str, true),
+            ("k", Kind::OptU32, false),
+        ],
         "stats" => &[
             ("rx_bps", Kind::OptF64, false),
             ("tx_bps", Kind::OptF64, false),

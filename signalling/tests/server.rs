@@ -9,7 +9,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use signalling::protocol::{ErrorCode, Event, Role};
-use signalling::server::ServerConfig;
+use signalling::server::{ServerConfig, TokenKey};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The seed's own scenario: k1 = 4, k = 2, 30 peers. Rule 3 gives exact
@@ -149,13 +149,17 @@ async fn source_reclaims_within_grace() {
     let thief = Peer::connect(&srv).await;
     let err = thief
         .client
-        .reclaim(&tree, "not-the-token")
+        .reclaim(&tree, "not-the-token", None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadToken));
 
     let mut back = Peer::connect(&srv).await;
-    let c = back.client.reclaim(&tree, &token).await.expect("reclaim");
+    let c = back
+        .client
+        .reclaim(&tree, &token, None)
+        .await
+        .expect("reclaim");
     assert_eq!(
         (c.tree.as_str(), c.token.as_str()),
         (tree.as_str(), token.as_str())
@@ -199,7 +203,7 @@ async fn tree_closes_when_source_does_not_reclaim() {
     let (status, _) = http_get(&srv, &format!("/api/trees/{tree}")).await;
     assert_eq!(status, 404);
     let late = Peer::connect(&srv).await;
-    let err = late.client.reclaim(&tree, &token).await.unwrap_err();
+    let err = late.client.reclaim(&tree, &token, None).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NoSuchTree));
     // Former members belong to no tree and may create or join again.
     peers[0]
@@ -207,6 +211,66 @@ async fn tree_closes_when_source_does_not_reclaim() {
         .create(None)
         .await
         .expect("create after tree-closed");
+}
+
+/// A restarted server (same token key) lets the source take its tree back
+/// within one grace period of starting, with the `k` it asks for; members
+/// rejoin the same tree id. Another key, or a late reclaim, finds no tree.
+#[tokio::test]
+async fn source_reclaims_its_tree_from_a_restarted_server() {
+    let key = TokenKey::random();
+    let with_key = |key: &TokenKey, grace| ServerConfig {
+        token_key: key.clone(),
+        grace,
+        ..cfg(2, 4)
+    };
+    let first = start(with_key(&key, Duration::from_secs(10))).await;
+    let (src, tree, token) = source(&first, Some(1)).await;
+    drop(src);
+    first.shutdown().await.expect("shutdown");
+
+    let other_key = start(with_key(&TokenKey::random(), Duration::from_secs(10))).await;
+    let stranger = Peer::connect(&other_key).await;
+    let err = stranger
+        .client
+        .reclaim(&tree, &token, Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NoSuchTree));
+
+    let restarted = start(with_key(&key, Duration::from_secs(10))).await;
+    let thief = Peer::connect(&restarted).await;
+    let err = thief
+        .client
+        .reclaim(&tree, "forged-token", Some(4))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NoSuchTree), "nothing leaks");
+    let back = Peer::connect(&restarted).await;
+    let c = back
+        .client
+        .reclaim(&tree, &token, Some(1))
+        .await
+        .expect("reclaim after a restart");
+    assert_eq!(
+        (c.tree.as_str(), c.token.as_str()),
+        (tree.as_str(), token.as_str())
+    );
+    let (_a, _, depth) = joiner(&restarted, &tree, None, None).await;
+    assert_eq!(depth, 1);
+    // k = 1 as the source asked: the second member goes below the first.
+    let (_b, _, depth) = joiner(&restarted, &tree, None, None).await;
+    assert_eq!(depth, 2);
+
+    let short = start(with_key(&key, Duration::from_millis(200))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = Peer::connect(&short).await;
+    let err = late
+        .client
+        .reclaim(&tree, &token, Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NoSuchTree), "after the grace");
 }
 
 /// Rule 4: a relay joining late takes the shallowest non-relay leaf's place.

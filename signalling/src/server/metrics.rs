@@ -17,10 +17,32 @@ pub(crate) use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 type CodeLabel = Vec<(&'static str, &'static str)>;
 
+/// Why a WebSocket upgrade was turned away before it became a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The client's address already had `max_conns_per_ip` open (HTTP 429).
+    PerIpLimit,
+    /// A browser page from an origin not on `allowed_origins` (HTTP 403).
+    Origin,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 2] = [Refusal::PerIpLimit, Refusal::Origin];
+
+    fn label(self) -> CodeLabel {
+        let reason = match self {
+            Refusal::PerIpLimit => "per-ip-limit",
+            Refusal::Origin => "origin",
+        };
+        vec![("reason", reason)]
+    }
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub joins: Counter,
     errors: Family<CodeLabel, Counter>,
+    refused: Family<CodeLabel, Counter>,
     peers: Gauge,
     trees: Gauge,
     max_depth: Gauge,
@@ -34,6 +56,7 @@ impl Metrics {
         let m = Parts {
             joins: Counter::default(),
             errors: Family::default(),
+            refused: Family::default(),
             peers: Gauge::default(),
             trees: Gauge::default(),
             max_depth: Gauge::default(),
@@ -54,6 +77,11 @@ impl Metrics {
             m.errors.clone(),
         );
         r.register(
+            "peer_tree_refused",
+            "WebSocket upgrades refused before the connection became a peer, by reason",
+            m.refused.clone(),
+        );
+        r.register(
             "peer_tree_max_depth",
             "Deepest peer over all trees",
             m.max_depth.clone(),
@@ -72,10 +100,14 @@ impl Metrics {
         for code in ErrorCode::ALL {
             let _ = m.errors.get_or_create(&vec![("code", code.as_str())]);
         }
+        for reason in Refusal::ALL {
+            let _ = m.refused.get_or_create(&reason.label());
+        }
         Metrics {
             registry,
             joins: m.joins,
             errors: m.errors,
+            refused: m.refused,
             peers: m.peers,
             trees: m.trees,
             max_depth: m.max_depth,
@@ -88,6 +120,10 @@ impl Metrics {
         self.errors
             .get_or_create(&vec![("code", code.as_str())])
             .inc();
+    }
+
+    pub fn refused(&self, reason: Refusal) {
+        self.refused.get_or_create(&reason.label()).inc();
     }
 
     pub fn render(&self, g: &Gauges) -> String {
@@ -107,6 +143,7 @@ impl Metrics {
 struct Parts {
     joins: Counter,
     errors: Family<CodeLabel, Counter>,
+    refused: Family<CodeLabel, Counter>,
     peers: Gauge,
     trees: Gauge,
     max_depth: Gauge,

@@ -8,16 +8,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use super::{new_id, Outbox, ServerConfig};
+
+mod tokens;
 use crate::protocol::{
     Created, ErrorCode, Event, Joined, Parent, PeerRef, ProtocolError, Reclaim, Request, Role,
     SignalFrom, Stats, TreeClosed,
 };
 use crate::tree::{Moved, NodeId, Tree, TreeError};
+pub use tokens::TokenKey;
 
 pub(crate) type PeerId = Arc<str>;
 pub(crate) type TreeId = Arc<str>;
@@ -40,7 +43,6 @@ struct Membership {
 
 struct TreeEntry {
     tree: Tree<PeerId>,
-    token: String,
     /// False from the source's death until it reclaims or the grace ends.
     source_connected: bool,
     /// Bumped whenever a grace period starts or ends, so a stale timer that
@@ -63,10 +65,22 @@ impl Effects {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Registry {
     peers: HashMap<PeerId, PeerEntry>,
     trees: HashMap<TreeId, TreeEntry>,
+    /// A restart is every source dying at once: for one grace period after
+    /// it, a source may reclaim a tree this process never saw.
+    started: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            peers: HashMap::new(),
+            trees: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
 }
 
 /// Counts for `/metrics`, read under the lock in one pass.
@@ -140,28 +154,8 @@ impl Registry {
                 if member.is_some() {
                     return Err(err(ErrorCode::AlreadyInTree, "leave your tree first"));
                 }
-                let k = c.k.unwrap_or(cfg.k1).min(cfg.k1);
                 let tree_id: TreeId = new_id(16).into();
-                let token = new_id(32);
-                let tree = Tree::new(peer.clone(), k);
-                let root = tree.root();
-                self.trees.insert(
-                    tree_id.clone(),
-                    TreeEntry {
-                        tree,
-                        token: token.clone(),
-                        source_connected: true,
-                        epoch: 0,
-                    },
-                );
-                self.set_member(peer, tree_id.clone(), root, Role::Source);
-                fx.send(
-                    &me,
-                    Event::Created(Created {
-                        tree: tree_id.to_string(),
-                        token,
-                    }),
-                );
+                self.new_tree(cfg, peer, &me, tree_id, c.k, &mut fx);
             }
             Request::Join(j) => {
                 if member.is_some() {
@@ -256,7 +250,7 @@ impl Registry {
                 self.detach(peer, &m, false, &mut fx);
                 fx.send(&me, Event::Left);
             }
-            Request::Reclaim(r) => self.reclaim(peer, &me, member, r, &mut fx)?,
+            Request::Reclaim(r) => self.reclaim(cfg, peer, &me, member, r, &mut fx)?,
             Request::Stats(s) => {
                 if let Some(e) = self.peers.get_mut(peer) {
                     e.stats = Some(s);
@@ -268,6 +262,7 @@ impl Registry {
 
     fn reclaim(
         &mut self,
+        cfg: &ServerConfig,
         peer: &PeerId,
         me: &Outbox,
         member: Option<Membership>,
@@ -275,19 +270,19 @@ impl Registry {
         fx: &mut Effects,
     ) -> Result<(), ProtocolError> {
         let re = Some("reclaim");
-        let Some((tree_id, t)) = self.tree_mut(&r.tree) else {
-            return Err(ProtocolError::new(
-                ErrorCode::NoSuchTree,
-                "no tree with that id (closed, or the grace period ended)",
-                re,
-            ));
-        };
-        if !bool::from(t.token.as_bytes().ct_eq(r.token.as_bytes())) {
-            return Err(ProtocolError::new(
-                ErrorCode::BadToken,
-                "wrong token for this tree",
-                re,
-            ));
+        let known = self.trees.contains_key(r.tree.as_str());
+        if !cfg.token_key.verify(&r.tree, &r.token) {
+            // An unknown tree with a token this key did not sign is simply
+            // unknown: the answer must not tell a guesser more.
+            return Err(if known {
+                ProtocolError::new(ErrorCode::BadToken, "wrong token for this tree", re)
+            } else {
+                ProtocolError::new(
+                    ErrorCode::NoSuchTree,
+                    "no tree with that id (closed, or the grace period ended)",
+                    re,
+                )
+            });
         }
         if member.is_some() {
             return Err(ProtocolError::new(
@@ -296,6 +291,28 @@ impl Registry {
                 re,
             ));
         }
+        if !known {
+            if self.started.elapsed() > cfg.grace {
+                return Err(ProtocolError::new(
+                    ErrorCode::NoSuchTree,
+                    "no tree with that id (closed, or the grace period ended)",
+                    re,
+                ));
+            }
+            // The token is ours but the tree is not: this server restarted
+            // (with the same --secret-file) and the source comes back first.
+            // Its members rejoin by themselves.
+            let tree_id: TreeId = r.tree.as_str().into();
+            self.new_tree(cfg, peer, me, tree_id, r.k, fx);
+            return Ok(());
+        }
+        let Some((tree_id, t)) = self.tree_mut(&r.tree) else {
+            return Err(ProtocolError::new(
+                ErrorCode::NoSuchTree,
+                "no such tree",
+                re,
+            ));
+        };
         let root = t.tree.root();
         let old = t.tree.peer(root).cloned();
         // A live old connection (a source that reconnected before its old
@@ -303,7 +320,7 @@ impl Registry {
         let _ = t.tree.set_peer(root, peer.clone());
         t.source_connected = true;
         t.epoch += 1;
-        let token = t.token.clone();
+        let token = cfg.token_key.token(&tree_id);
         let children: Vec<PeerId> = t
             .tree
             .children(root)
@@ -329,6 +346,38 @@ impl Registry {
             self.send_to(c, parent_event(peer, 1), fx);
         }
         Ok(())
+    }
+
+    /// A tree with `peer` as its source, and `created` for it.
+    fn new_tree(
+        &mut self,
+        cfg: &ServerConfig,
+        peer: &PeerId,
+        me: &Outbox,
+        tree_id: TreeId,
+        k: Option<u32>,
+        fx: &mut Effects,
+    ) {
+        let k = k.unwrap_or(cfg.k1).min(cfg.k1);
+        let tree = Tree::new(peer.clone(), k);
+        let root = tree.root();
+        let token = cfg.token_key.token(&tree_id);
+        self.trees.insert(
+            tree_id.clone(),
+            TreeEntry {
+                tree,
+                source_connected: true,
+                epoch: 0,
+            },
+        );
+        self.set_member(peer, tree_id.clone(), root, Role::Source);
+        fx.send(
+            me,
+            Event::Created(Created {
+                tree: tree_id.to_string(),
+                token,
+            }),
+        );
     }
 
     /// Takes `peer` out of its tree. A source that leaves closes the tree at
