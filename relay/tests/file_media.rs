@@ -580,6 +580,39 @@ fn corrupt_ogg_files_give_typed_errors() {
     assert_msg(&e, &["ends in the middle of a packet"]);
 }
 
+#[test]
+fn ogg_granule_at_the_top_of_its_range_is_an_error() {
+    // The 182-byte input the ogg fuzz target (relay/fuzz) checks this with: the
+    // third audio page's packet would start at granule u64::MAX - 1, so its end
+    // overflowed the sample count (a panic in debug builds, a wrapped time in
+    // release ones).
+    let mut w = OggWriter::new(1);
+    w.single(2, 0, &opus_head(0));
+    w.single(0, 0, &opus_tags());
+    w.single(0, 960, &[0xfc]);
+    w.single(0, u64::MAX - 1, &[0xfc]);
+    w.single(4, u64::MAX - 1, &[0xfc]);
+    let e = ogg_err(w.out);
+    assert!(
+        matches!(
+            e,
+            SourceError::BadOggPage {
+                page: 4,
+                offset: 153,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_msg(
+        &e,
+        &[
+            "page 4",
+            "packets would end past the largest granule position",
+        ],
+    );
+}
+
 fn find_pages(data: &[u8]) -> Vec<usize> {
     let mut pages = vec![];
     let mut at = 0;

@@ -116,7 +116,8 @@ struct Parser {
     origin: Option<u64>,
     previous_granule: Option<u64>,
     last_pts_samples: u64,
-    last_samples: u32,
+    /// Where the last audio packet ends, in samples from the origin.
+    coded_end: u64,
 }
 
 impl Parser {
@@ -134,7 +135,7 @@ impl Parser {
             origin: None,
             previous_granule: None,
             last_pts_samples: 0,
-            last_samples: 0,
+            coded_end: 0,
         }
     }
 
@@ -473,9 +474,16 @@ impl Parser {
                 pts,
                 keyframe: true,
             });
+            // Times are u64 sample counts like granules, so a previous granule
+            // within a packet's length of u64::MAX leaves that packet no end time.
+            at = pts_samples.checked_add(u64::from(samples)).ok_or_else(|| {
+                self.page_error(
+                    page,
+                    "its packets would end past the largest granule position",
+                )
+            })?;
             self.last_pts_samples = pts_samples;
-            self.last_samples = samples;
-            at = pts_samples + u64::from(samples);
+            self.coded_end = at;
         }
         self.previous_granule = Some(page.granule);
         Ok(())
@@ -490,7 +498,6 @@ impl Parser {
                 what: "Opus audio packets",
             });
         };
-        let coded_end = self.last_pts_samples + u64::from(self.last_samples);
         // Trimming (RFC 7845 §4) makes the final granule end inside the last packet.
         // One that ends before the last packet starts is not a trim but an
         // inconsistent file; then the packets' own length is used.
@@ -498,7 +505,7 @@ impl Parser {
             end.saturating_sub(origin)
                 .saturating_sub(u64::from(pre_skip))
         } else {
-            coded_end
+            self.coded_end
         };
         let loop_period = ticks_to_duration(length.max(1), 1, OPUS_RATE).ok_or_else(|| {
             SourceError::NoFrames {
