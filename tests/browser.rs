@@ -62,6 +62,19 @@ fn send_numbered(stdin: &mut ChildStdin, n: usize) -> Vec<String> {
     lines
 }
 
+/// The numbered messages `page` received, once it has `n` of them.
+async fn numbered_messages(page: &Page, n: usize) -> Vec<String> {
+    eventually(
+        &format!("{n} messages at {}", page.name),
+        Duration::from_secs(20),
+        || async {
+            let got = page.messages("msg-").await;
+            (got.len() >= n).then_some(got)
+        },
+    )
+    .await
+}
+
 /// Waits until `page` decodes `more` frames beyond what it has decoded now;
 /// returns the frame rate over that stretch.
 async fn decoding_rate(page: &Page, more: u64) -> f64 {
@@ -113,15 +126,7 @@ async fn browser_leaf_under_a_relay_decodes_and_gets_every_message() {
     })
     .await;
     let sent = send_numbered(stdin, 500);
-    let got = eventually(
-        "500 messages in the page",
-        Duration::from_secs(20),
-        || async {
-            let got = page.messages("msg-").await;
-            (got.len() >= sent.len()).then_some(got)
-        },
-    )
-    .await;
+    let got = numbered_messages(&page, sent.len()).await;
     assert_eq!(got, sent, "every message, in order, once");
     // The page reports its counters to the server, which shows them.
     let leaf = st.peer.clone().expect("peer id");
@@ -368,15 +373,7 @@ async fn browser_source_through_relays_to_a_browser_leaf() {
         )
         .await;
     let sent: Vec<String> = (0..300).map(|i| format!("msg-{i:04}")).collect();
-    let got = eventually(
-        "300 messages at the leaf",
-        Duration::from_secs(20),
-        || async {
-            let got = page.messages("msg-").await;
-            (got.len() >= sent.len()).then_some(got)
-        },
-    )
-    .await;
+    let got = numbered_messages(&page, sent.len()).await;
     assert_eq!(got, sent, "every message, in order, once");
     println!(
         "(c) browser source -> relay -> relay -> browser leaf at depth 3: first frame {:.2} s \

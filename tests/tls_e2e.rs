@@ -67,11 +67,7 @@ fn tls_source(s: &Scratch, url: &str, video: &Path, ca: &Path) -> (Proc, String)
         "1",
     ];
     let src = Proc::spawn(s, "source", &args, false);
-    let tree = src
-        .line("tree:", Duration::from_secs(30))
-        .trim_start_matches("tree:")
-        .trim()
-        .to_owned();
+    let tree = tree_id(&src);
     (src, tree)
 }
 

@@ -220,12 +220,16 @@ pub fn looping_source_k1(s: &Scratch, url: &str, video: &Path, k1: u32) -> (Proc
         "-",
     ];
     let src = Proc::spawn(s, "source", &args, true);
-    let tree = src
-        .line("tree:", Duration::from_secs(30))
+    let tree = tree_id(&src);
+    (src, tree)
+}
+
+/// The tree id a source prints on its `tree:` line.
+pub fn tree_id(src: &Proc) -> String {
+    src.line("tree:", Duration::from_secs(30))
         .trim_start_matches("tree:")
         .trim()
-        .to_owned();
-    (src, tree)
+        .to_owned()
 }
 
 /// A relay joining `tree`, once its log shows `ready`.
