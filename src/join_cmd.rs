@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use relay::forward::Hub;
-use relay::node::{Node, NodeOptions, Seat};
+use relay::node::{join_role, Node, NodeOptions, Seat};
 use relay::peer::LinkConfig;
-use signalling::protocol::Role;
 use tracing::info;
 
 use crate::media_cmd::{data_out, report_exit, udp_addrs, SignalTls};
@@ -25,7 +24,9 @@ pub struct JoinArgs {
     signal: String,
     #[command(flatten)]
     tls: SignalTls,
-    /// Most children this relay accepts (capped by the server's k).
+    /// Most children this relay accepts (capped by the server's k). With 0
+    /// it joins as an ordinary leaf (role "peer"), which a later relay may
+    /// take the place of.
     #[arg(long)]
     k: Option<u32>,
     /// Write the first video track to this IVF file, from the first keyframe.
@@ -52,7 +53,7 @@ pub async fn run(args: JoinArgs) -> Result<()> {
     let data_out = args.data_out.as_deref().map(data_out).transpose()?;
     let (client, events) = args.tls.connect(&args.signal).await?;
     let joined = client
-        .join(&args.tree, args.k, Some(Role::Relay))
+        .join(&args.tree, args.k, Some(join_role(args.k)))
         .await
         .with_context(|| format!("cannot join tree {}", args.tree))?;
     info!(

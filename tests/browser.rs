@@ -439,7 +439,7 @@ impl Resumption {
     }
 }
 
-/// (d) Source -> {browser M, relay R1}; M -> {browser L, relay R2};
+/// (d) Source -> {browser M, relay R1 -> R1b}; M -> {browser L, relay R2};
 /// R2 -> relay R3. M's page closes: the server re-places its children at
 /// once (R2 under the source, L under R2) and L, R2 and R3 play again within
 /// 3 s while R1 never stops.
@@ -466,12 +466,15 @@ async fn closing_a_middle_browser_heals_its_subtree_within_3_s() {
         (p, rec)
     };
 
-    // The join order matters: rule 4 lets a relay with child slots take a
-    // leaf browser's place, so each browser has a child before a relay with
-    // slots joins below it, and the k=0 relays are placed by rule 3 alone.
+    // The join order matters: rule 4 lets a relay with child slots take the
+    // place of a shallower leaf (a browser, or a `--k 0` relay, which joins
+    // as a peer). So each browser has a child before a relay with slots
+    // joins below it, and the bystander R1 is no leaf: its one slot is
+    // filled by R1b.
     let middle = chrome.page("M", &watch_url(&url, 2, &tree)).await;
     plays(&middle).await;
-    let (r1, r1_rec) = recording("R1", "0");
+    let (r1, r1_rec) = recording("R1", "1");
+    let (r1b, _) = recording("R1b", "0");
     let leaf = chrome.page("L", &watch_url(&url, 1, &tree)).await;
     plays(&leaf).await;
     let (r2, r2_rec) = recording("R2", "2");
@@ -483,6 +486,7 @@ async fn closing_a_middle_browser_heals_its_subtree_within_3_s() {
     let source = snap["nodes"][0]["peer"].as_str().expect("root").to_owned();
     assert_eq!(parent_in(&snap, &m), Some(source.clone()));
     assert_eq!(parent_in(&snap, &p1), Some(source.clone()));
+    assert_eq!(parent_in(&snap, &relay_peer(&r1b)), Some(p1.clone()));
     assert_eq!(parent_in(&snap, &l), Some(m.clone()));
     assert_eq!(parent_in(&snap, &p2), Some(m.clone()));
     assert_eq!(parent_in(&snap, &p3), Some(p2.clone()));

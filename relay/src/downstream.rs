@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc::rtp::packet::Packet;
@@ -25,6 +25,9 @@ use crate::forward::{
 use crate::media::Codec;
 use crate::peer::{rtp_kind, Link};
 use crate::RelayError;
+
+/// How long a child waits for a keyframe before asking again.
+const KEYFRAME_REASK: Duration = Duration::from_secs(1);
 
 /// One child: its connection and what it is fed.
 pub struct Downstream {
@@ -207,7 +210,9 @@ impl LegWriter {
     async fn run(self, mut rx: mpsc::Receiver<Packet>) {
         let mut payload_type: Option<u8> = None;
         let mut need_keyframe = true;
-        let mut asked = false;
+        // A PLI can be lost and a browser parent sends keyframes only when
+        // asked, so the request is repeated while the wait lasts.
+        let mut asked: Option<Instant> = None;
         // When this child became able to receive, to report how long it
         // waited for its first keyframe.
         let mut connected_at: Option<Instant> = None;
@@ -219,12 +224,12 @@ impl LegWriter {
             if self.lagged.swap(false, Ordering::Relaxed) {
                 debug!(child = %self.child, "queue overflowed; waiting for a keyframe");
                 need_keyframe = true;
-                asked = false;
+                asked = None;
             }
             if need_keyframe {
                 if !starts_keyframe(self.codec, &p.payload) {
-                    if !asked {
-                        asked = true;
+                    if asked.is_none_or(|t| t.elapsed() >= KEYFRAME_REASK) {
+                        asked = Some(Instant::now());
                         self.hub.request_keyframe().await;
                     }
                     continue;

@@ -79,6 +79,18 @@ pub enum Seat {
     },
 }
 
+/// The role a joining node announces. One that takes no children amplifies
+/// nothing: as a `peer` it is an ordinary leaf, which a later relay may
+/// displace by rule 4, instead of a "relay" no rule may move, which would
+/// keep every later relay out of a tree whose slots it fills.
+pub fn join_role(k: Option<u32>) -> Role {
+    if k == Some(0) {
+        Role::Peer
+    } else {
+        Role::Relay
+    }
+}
+
 /// First and longest wait between reconnection attempts.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(4);
@@ -393,7 +405,7 @@ impl Node {
                 info!(tree = %tree, peer = %client.peer_id(), "took the tree back");
             }
             Seat::Relay { tree, k } => {
-                let j = client.join(tree, *k, Some(Role::Relay)).await?;
+                let j = client.join(tree, *k, Some(join_role(*k))).await?;
                 info!(
                     tree = %tree,
                     peer = %client.peer_id(),
@@ -528,6 +540,7 @@ impl Node {
             lagged: Arc::default(),
         });
         let codec = track.spec.codec;
+        let track = track.clone();
         tokio::spawn(async move {
             let mut rec = match IvfRecorder::create(&path, codec) {
                 Ok(r) => r,
@@ -541,6 +554,10 @@ impl Node {
                 if let Err(e) = rec.push(&p) {
                     warn!("recording stopped: {e}");
                     break;
+                }
+                // The hub merges these into one PLI per 500 ms.
+                if rec.waiting_for_keyframe() {
+                    track.request_keyframe().await;
                 }
             }
             if let Err(e) = rec.finish() {

@@ -143,6 +143,13 @@ impl IvfRecorder {
         self.frames_written
     }
 
+    /// True until the first keyframe and after a loss: the sender should be
+    /// asked for a keyframe, since one that only sends them on request (a
+    /// browser) would otherwise leave the recording empty.
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.waiting_for_keyframe
+    }
+
     /// Frames assembled (or begun) but not written: incomplete after a loss, or
     /// waiting for a keyframe.
     pub fn frames_dropped(&self) -> u64 {

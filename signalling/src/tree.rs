@@ -388,8 +388,8 @@ impl<P> Tree<P> {
     }
 
     /// Removes a node (it left or died) and re-places each of its children
-    /// with its whole subtree by rule 3 (rule 5): relays first, then earliest
-    /// joined. A child that fits nowhere is evicted alone and its own children
+    /// with its whole subtree by rule 3 (rule 5): subtrees with a free slot
+    /// first, then relays, then earliest joined. A child that fits nowhere is evicted alone and its own children
     /// are re-placed the same way. Costs O(h * k) per re-placed child plus
     /// O(k) per evicted node.
     pub fn remove(&mut self, n: NodeId) -> Result<Removal<P>, TreeError> {
@@ -614,10 +614,19 @@ impl<P> Tree<P> {
     }
 
     /// Frees a detached node: its children become detached subtrees, queued
-    /// relays first then earliest joined. Returns the node's peer.
+    /// so that those bringing a free slot go first, then relays, then the
+    /// earliest joined. Returns the node's peer.
+    ///
+    /// A subtree with a free slot, once placed, can host the siblings queued
+    /// after it; placed last it could be evicted while a leaf took the only
+    /// slot left, and every sibling after it would follow.
     fn release(&mut self, i: u32, queue: &mut VecDeque<u32>) -> Option<P> {
         let mut kids = std::mem::take(&mut self.nodes[i as usize].children);
-        kids.sort_unstable_by_key(|c| self.nodes[c.index as usize].rank());
+        let aggs = &self.nodes[i as usize].kid_aggs;
+        kids.sort_unstable_by_key(|c| {
+            let child = &self.nodes[c.index as usize];
+            (!aggs[child.pos as usize].slot.is_some(), child.rank())
+        });
         for c in &kids {
             let child = &mut self.nodes[c.index as usize];
             child.parent = NIL;

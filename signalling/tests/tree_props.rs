@@ -181,10 +181,22 @@ impl Model {
         (moved, evicted)
     }
 
+    /// Some node in `n`'s subtree (itself included) accepts another child.
+    fn has_free_slot(&self, n: NodeId) -> bool {
+        let m = &self.nodes[&n];
+        (m.children.len() as u32) < m.cap || m.children.iter().any(|c| self.has_free_slot(*c))
+    }
+
     fn release(&mut self, n: NodeId, queue: &mut VecDeque<NodeId>) {
         let gone = self.nodes.remove(&n).unwrap();
         let mut kids = gone.children;
-        kids.sort_by_key(|c| (!self.nodes[c].relay, self.nodes[c].seq));
+        kids.sort_by_key(|c| {
+            (
+                !self.has_free_slot(*c),
+                !self.nodes[c].relay,
+                self.nodes[c].seq,
+            )
+        });
         for c in kids {
             self.nodes.get_mut(&c).unwrap().parent = None;
             queue.push_back(c);
@@ -352,6 +364,8 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                 let kids: Vec<NodeId> = before.children(n).to_vec();
                 let seq_of: HashMap<NodeId, u64> =
                     kids.iter().map(|c| (*c, m.nodes[c].seq)).collect();
+                let brings_slot: HashMap<NodeId, bool> =
+                    kids.iter().map(|c| (*c, m.has_free_slot(*c))).collect();
                 let (want_moved, want_evicted) = m.remove(n);
                 let r = t
                     .remove(n)
@@ -364,9 +378,9 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                     prop_assert_eq!(before.peer(*id), Some(peer));
                     prop_assert!(!t.contains(*id));
                 }
-                // Relays first, then earliest joined.
+                // Subtrees with a free slot first, then relays, then earliest.
                 let mut order = kids.clone();
-                order.sort_by_key(|c| (!before.is_relay(*c), seq_of[c]));
+                order.sort_by_key(|c| (!brings_slot[c], !before.is_relay(*c), seq_of[c]));
                 let moved_kids: Vec<NodeId> = r
                     .moved
                     .iter()
@@ -673,6 +687,43 @@ fn remove_moves_relay_children_first_and_evicts_when_full() {
     );
     assert_eq!(rm.evicted, vec![(x, 2), (y, 3)]);
     assert_eq!(t.len(), 2);
+}
+
+#[test]
+fn remove_places_children_that_bring_slots_first() {
+    // root(1) -> a(3) -> [x(0, relay), y(0), r(2, relay)]: removing a frees
+    // one slot. r is the latest, but only r can host its siblings, so it goes
+    // first and nobody is evicted (relays-then-earliest would evict r and y).
+    let mut t = Tree::new(0u32, 1);
+    let a = join(&mut t, 1, 3, false).node;
+    let x = join(&mut t, 2, 0, true).node;
+    let y = join(&mut t, 3, 0, false).node;
+    let r = join(&mut t, 4, 2, true).node;
+    assert_eq!(t.parent(r), Some(a));
+    let rm = t.remove(a).unwrap();
+    t.check_invariants().unwrap();
+    assert_eq!(
+        rm.moved,
+        vec![
+            Moved {
+                node: r,
+                parent: t.root(),
+                depth: 1
+            },
+            Moved {
+                node: x,
+                parent: r,
+                depth: 2
+            },
+            Moved {
+                node: y,
+                parent: r,
+                depth: 2
+            },
+        ]
+    );
+    assert!(rm.evicted.is_empty());
+    assert_eq!(t.len(), 4);
 }
 
 #[test]
