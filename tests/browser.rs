@@ -8,11 +8,10 @@
 mod chrome;
 mod common;
 
-use std::io::Write;
 use std::process::ChildStdin;
 use std::time::{Duration, Instant};
 
-use chrome::{eventually, parent_in, tree_snapshot, Chrome, Page};
+use chrome::{eventually, Chrome, Page};
 use common::*;
 
 /// Browsers are heavy for these 2 cores (a forwarding page takes a third of
@@ -26,11 +25,6 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 
 fn watch_url(ws_url: &str, k: u32, tree: &str) -> String {
     format!("http://{}/?k={k}#{tree}", http_addr(ws_url))
-}
-
-fn feed(stdin: &mut ChildStdin, line: &str) {
-    writeln!(stdin, "{line}").expect("write to the source's --data-in");
-    stdin.flush().expect("flush --data-in");
 }
 
 /// The data channel is a live feed: lines go only to members connected when
@@ -50,16 +44,6 @@ where
         assert!(Instant::now() < deadline, "no warmup line reached {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Sends `n` numbered lines, 2 ms apart; returns what every receiver owes.
-fn send_numbered(stdin: &mut ChildStdin, n: usize) -> Vec<String> {
-    let lines: Vec<String> = (0..n).map(|i| format!("msg-{i:04}")).collect();
-    for l in &lines {
-        feed(stdin, l);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    lines
 }
 
 /// The numbered messages `page` received, once it has `n` of them.
@@ -194,15 +178,6 @@ fn decode_with_ffmpeg(path: &std::path::Path) -> (String, u32, u32, u64) {
             .and_then(|n| n.parse().ok())
             .unwrap_or_default(),
     )
-}
-
-fn data_lines(path: &std::path::Path, prefix: &str) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// (b) Rust source -> browser (k=2) -> Rust relay recording: the browser

@@ -266,29 +266,31 @@ fn logged_at(p: &Proc, needle: &str) -> Option<std::time::SystemTime> {
     humantime::parse_rfc3339_weak(line.split_whitespace().next()?.trim_end_matches('Z')).ok()
 }
 
-/// A parent frozen with SIGSTOP keeps its WebSocket and its connection open
-/// (the server notices only after its heartbeat timeout) but sends nothing:
-/// its child notices the silence within 2 s, asks for another parent, and
-/// records again.
-#[test]
-fn frozen_parent_is_replaced_by_its_child() {
-    let s = Scratch::new("frozen-parent");
+/// What a child did after its parent froze.
+struct Frozen {
+    /// SIGSTOP to the child's log line asking for another parent.
+    noticed: Duration,
+    /// SIGSTOP to the child recording again under the spare relay.
+    recording_again: Duration,
+    /// The child's log line that gave the reason.
+    why: String,
+}
+
+/// source -> {frozen relay -> leaf, spare relay}; the frozen relay gets
+/// SIGSTOP and keeps its WebSocket (the server pings every 120 s, so only
+/// the leaf can notice). The leaf runs with `leaf_args` besides recording.
+fn freeze_the_parent(name: &str, leaf_args: &[&str]) -> Frozen {
+    let s = Scratch::new(name);
     let video = sample("testsrc-640x360-vp8.ivf");
-    // A long ping interval: only the child's own watch can save it here.
     let (_sig, url) = signal_server(&s, &["--ping-interval", "120s"]);
     let (_src, tree) = looping_source_k1(&s, &url, &video, 2);
     // Depth 1: two relays with a slot each; the leaf goes under the first.
     let frozen = relay(&s, "frozen", &url, &tree, &["--k", "1"], "joined tree");
     let spare = relay(&s, "spare", &url, &tree, &["--k", "1"], "joined tree");
     let rec = s.path("leaf.ivf");
-    let leaf = relay(
-        &s,
-        "leaf",
-        &url,
-        &tree,
-        &["--k", "0", "--record", rec.to_str().unwrap()],
-        "joined tree",
-    );
+    let mut args = vec!["--k", "0", "--record", rec.to_str().unwrap()];
+    args.extend_from_slice(leaf_args);
+    let leaf = relay(&s, "leaf", &url, &tree, &args, "joined tree");
     let first_parent = format!("parent={}", relay_peer(&frozen));
     assert!(
         leaf.log_text().contains(&first_parent),
@@ -302,12 +304,19 @@ fn frozen_parent_is_replaced_by_its_child() {
     let stopped = std::time::SystemTime::now();
     let t0 = Instant::now();
     frozen.signal("STOP");
+    let asking = "asking the server for another parent";
     let noticed = until(
         "the leaf asks for another parent",
-        Duration::from_secs(5),
-        || logged_at(&leaf, "asking the server for another parent"),
+        Duration::from_secs(15),
+        || logged_at(&leaf, asking),
     );
     let noticed = noticed.duration_since(stopped).unwrap_or_default();
+    let why = leaf
+        .log_text()
+        .lines()
+        .find(|l| l.contains(asking))
+        .unwrap_or_default()
+        .to_owned();
     let moved = format!("new parent parent={}", relay_peer(&spare));
     until(
         "the leaf is moved under the spare relay",
@@ -318,16 +327,53 @@ fn frozen_parent_is_replaced_by_its_child() {
     until("the leaf records again", Duration::from_secs(5), || {
         (ivf_frames(&rec).len() > before + 5).then_some(())
     });
+    let recording_again = t0.elapsed();
+    frozen.signal("CONT");
+    Frozen {
+        noticed,
+        recording_again,
+        why,
+    }
+}
+
+/// A parent frozen with SIGSTOP keeps its WebSocket and its connection open
+/// (the server notices only after its heartbeat timeout) but sends nothing:
+/// its child notices the silence within 2 s, asks for another parent, and
+/// records again.
+#[test]
+fn frozen_parent_is_replaced_by_its_child() {
+    let f = freeze_the_parent("frozen-parent", &[]);
     eprintln!(
         "frozen parent: the leaf noticed after {} ms and recorded again {} ms after SIGSTOP",
-        noticed.as_millis(),
-        t0.elapsed().as_millis()
+        f.noticed.as_millis(),
+        f.recording_again.as_millis()
+    );
+    assert!(f.why.contains("no media from the parent"), "{}", f.why);
+    assert!(
+        f.noticed < Duration::from_secs(2),
+        "noticed after {:?}",
+        f.noticed
+    );
+}
+
+/// The same freeze, with the child's media-silence watch turned off
+/// (`--silence 1h`): what is left is ICE. The link's consent checks go
+/// unanswered, the connection to the parent turns `failed`, and the child
+/// asks for another parent instead of staying a dead child.
+#[test]
+fn ice_failure_on_the_parent_link_leads_to_reconnect() {
+    let f = freeze_the_parent("ice-failed", &["--silence", "1h"]);
+    eprintln!(
+        "ICE failure: the leaf saw its parent link fail after {} ms and recorded again {} ms \
+         after SIGSTOP",
+        f.noticed.as_millis(),
+        f.recording_again.as_millis()
     );
     assert!(
-        noticed < Duration::from_secs(2),
-        "noticed after {noticed:?}"
+        f.why.contains("the connection to the parent failed"),
+        "{}",
+        f.why
     );
-    frozen.signal("CONT");
 }
 
 /// The signalling server restarts (same address, same --secret-file): the

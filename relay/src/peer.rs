@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalling::client::Client;
@@ -46,6 +47,15 @@ pub struct LinkConfig {
 /// Packets NACKed by a child may arrive this late and must not be replayed
 /// away: 64 (the default) lost retransmissions at 15k packets/s.
 const SRTP_REPLAY_WINDOW: usize = 8192;
+
+/// ICE liveness: with nothing heard for 2.5 s a link is `disconnected`, after
+/// 2.5 s more `failed`, and the node replaces it (a child asks for another
+/// parent). webrtc-rs's 5 s + 25 s would leave a data-only tree, which has no
+/// media silence to notice, without a working parent for half a minute.
+/// Keepalives every 500 ms keep an idle but healthy link well inside that.
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_millis(2500);
+const ICE_FAILED_AFTER: Duration = Duration::from_millis(2500);
+const ICE_KEEPALIVE: Duration = Duration::from_millis(500);
 
 /// Bytes a data channel may hold unacknowledged before sends wait.
 const DATA_CHANNEL_SEND_BUFFER: usize = 1 << 20;
@@ -161,6 +171,11 @@ impl Link {
         let registry = FeedbackTap::register(registry);
         let settings = SettingEngineBuilder::new()
             .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
+            .with_ice_timeouts(
+                Some(ICE_DISCONNECTED_AFTER),
+                Some(ICE_FAILED_AFTER),
+                Some(ICE_KEEPALIVE),
+            )
             .build();
         let ice_servers = cfg
             .ice_servers

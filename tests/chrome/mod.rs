@@ -255,24 +255,3 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-
-/// `/api/trees/{tree}` of the server behind `ws_url`.
-pub async fn tree_snapshot(ws_url: &str, tree: &str) -> Value {
-    let addr = crate::common::http_addr(ws_url);
-    let (status, body) =
-        signalling::client::http_get(&addr, &format!("/api/trees/{tree}"), Duration::from_secs(5))
-            .await
-            .expect("GET /api/trees");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("snapshot JSON")
-}
-
-/// The parent of `peer` in a snapshot.
-pub fn parent_in(snapshot: &Value, peer: &str) -> Option<String> {
-    snapshot["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["peer"] == peer)?["parent"]
-        .as_str()
-        .map(str::to_owned)
-}

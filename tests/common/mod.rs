@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -291,4 +291,57 @@ pub fn assert_run_of_file(
         );
     }
     start
+}
+
+/// One line to a source's `--data-in -`.
+pub fn feed(stdin: &mut ChildStdin, line: &str) {
+    writeln!(stdin, "{line}").expect("write to the source's --data-in");
+    stdin.flush().expect("flush --data-in");
+}
+
+/// Sends `n` numbered lines (`msg-0000`, ...), `gap` apart; returns what
+/// every receiver owes.
+pub fn send_numbered_every(stdin: &mut ChildStdin, n: usize, gap: Duration) -> Vec<String> {
+    let lines: Vec<String> = (0..n).map(|i| format!("msg-{i:04}")).collect();
+    for l in &lines {
+        feed(stdin, l);
+        std::thread::sleep(gap);
+    }
+    lines
+}
+
+/// Sends `n` numbered lines 2 ms apart.
+pub fn send_numbered(stdin: &mut ChildStdin, n: usize) -> Vec<String> {
+    send_numbered_every(stdin, n, Duration::from_millis(2))
+}
+
+/// The lines of a `--data-out` file that start with `prefix`.
+pub fn data_lines(path: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `/api/trees/{tree}` of the server behind `ws_url`.
+pub async fn tree_snapshot(ws_url: &str, tree: &str) -> serde_json::Value {
+    let addr = http_addr(ws_url);
+    let (status, body) =
+        signalling::client::http_get(&addr, &format!("/api/trees/{tree}"), Duration::from_secs(5))
+            .await
+            .expect("GET /api/trees");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("snapshot JSON")
+}
+
+/// The parent of `peer` in a snapshot.
+pub fn parent_in(snapshot: &serde_json::Value, peer: &str) -> Option<String> {
+    snapshot["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["peer"] == peer)?["parent"]
+        .as_str()
+        .map(str::to_owned)
 }
