@@ -22,6 +22,7 @@ use crate::forward::{
     starts_keyframe, ChannelHub, DataMsg, Hub, MessageLeg, PacketLeg, TrackHub, LEG_QUEUE_MESSAGES,
     LEG_QUEUE_PACKETS,
 };
+use crate::gop::compress_replay;
 use crate::media::Codec;
 use crate::peer::{rtp_kind, Link};
 use crate::RelayError;
@@ -216,7 +217,13 @@ impl LegWriter {
         // When this child became able to receive, to report how long it
         // waited for its first keyframe.
         let mut connected_at: Option<Instant> = None;
-        while let Some(mut p) = rx.recv().await {
+        // Nothing sent yet: the start may replay the current group (gop.rs).
+        // Later waits (after an overflow) do not: the child has most of it.
+        let mut fresh = true;
+        // The newest sequence number a replay sent: queued packets up to it
+        // are copies of what it sent.
+        let mut replayed_to: Option<u16> = None;
+        while let Some(p) = rx.recv().await {
             if !self.connected.load(Ordering::Acquire) {
                 continue;
             }
@@ -226,14 +233,46 @@ impl LegWriter {
                 need_keyframe = true;
                 asked = None;
             }
-            if need_keyframe {
-                if !starts_keyframe(self.codec, &p.payload) {
-                    if asked.is_none_or(|t| t.elapsed() >= KEYFRAME_REASK) {
-                        asked = Some(Instant::now());
-                        self.hub.request_keyframe().await;
-                    }
+            if let Some(last) = replayed_to {
+                if (p.header.sequence_number.wrapping_sub(last) as i16) <= 0 {
                     continue;
                 }
+                replayed_to = None;
+            }
+            let Some(pt) = self.payload_type(&mut payload_type).await else {
+                continue;
+            };
+            if need_keyframe && !starts_keyframe(self.codec, &p.payload) {
+                if fresh {
+                    if let Some(group) = self.hub.gop_snapshot() {
+                        let last = group.last().map(|g| g.header.sequence_number);
+                        let n = group.len();
+                        self.replay(group, pt).await;
+                        info!(
+                            child = %self.child,
+                            "started {} from the current group ({n} packets) {} ms after connected",
+                            self.hub.spec.track_id,
+                            since.elapsed().as_millis()
+                        );
+                        fresh = false;
+                        need_keyframe = false;
+                        replayed_to = last;
+                        if last
+                            .is_some_and(|l| (p.header.sequence_number.wrapping_sub(l) as i16) <= 0)
+                        {
+                            continue;
+                        }
+                        self.send(p, pt).await;
+                        continue;
+                    }
+                }
+                if asked.is_none_or(|t| t.elapsed() >= KEYFRAME_REASK) {
+                    asked = Some(Instant::now());
+                    self.hub.request_keyframe().await;
+                }
+                continue;
+            }
+            if need_keyframe {
                 need_keyframe = false;
                 if self.codec.is_video() {
                     info!(
@@ -244,24 +283,37 @@ impl LegWriter {
                     );
                 }
             }
-            let pt = match payload_type {
-                Some(pt) => pt,
-                None => match self.negotiated_payload_type().await {
-                    Some(pt) => *payload_type.insert(pt),
-                    None => {
-                        need_keyframe = true;
-                        continue;
-                    }
-                },
-            };
-            p.header.ssrc = self.ssrc;
-            p.header.payload_type = pt;
-            p.header.extension = false;
-            p.header.extensions.clear();
-            p.header.extensions_padding = 0;
-            if let Err(e) = self.local.write_rtp(p).await {
-                debug!(child = %self.child, "write_rtp: {e}");
-            }
+            fresh = false;
+            self.send(p, pt).await;
+        }
+    }
+
+    /// The group since the last keyframe, retimed to end at the live edge.
+    async fn replay(&self, mut group: Vec<Packet>, pt: u8) {
+        compress_replay(&mut group, self.codec.clock_rate());
+        for g in group {
+            self.send(g, pt).await;
+        }
+    }
+
+    /// The payload type this leg negotiated, asked once (None until the
+    /// negotiation has it).
+    async fn payload_type(&self, cached: &mut Option<u8>) -> Option<u8> {
+        if cached.is_none() {
+            *cached = self.negotiated_payload_type().await;
+        }
+        *cached
+    }
+
+    /// One packet to the child, in this leg's SSRC and payload type.
+    async fn send(&self, mut p: Packet, pt: u8) {
+        p.header.ssrc = self.ssrc;
+        p.header.payload_type = pt;
+        p.header.extension = false;
+        p.header.extensions.clear();
+        p.header.extensions_padding = 0;
+        if let Err(e) = self.local.write_rtp(p).await {
+            debug!(child = %self.child, "write_rtp: {e}");
         }
     }
 

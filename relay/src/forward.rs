@@ -31,6 +31,7 @@ use tracing::debug;
 use webrtc::media_stream::track_remote::TrackRemote;
 
 use crate::feedback::KeyframeThrottle;
+use crate::gop::GopCache;
 use crate::media::Codec;
 
 /// RTP packets queued per child and track: about 0.4 s of 5 Mbit/s video.
@@ -84,6 +85,7 @@ pub struct TrackHub {
     upstream: Mutex<Option<(Arc<dyn TrackRemote>, u32)>>,
     throttle: KeyframeThrottle,
     renumber: Mutex<Renumber>,
+    gop: Mutex<GopCache>,
     pub packets_in: AtomicU64,
     pub packets_dropped: AtomicU64,
 }
@@ -160,6 +162,7 @@ impl TrackHub {
             upstream: Mutex::default(),
             throttle: KeyframeThrottle::default(),
             renumber: Mutex::default(),
+            gop: Mutex::default(),
             packets_in: AtomicU64::new(0),
             packets_dropped: AtomicU64::new(0),
         }
@@ -168,13 +171,20 @@ impl TrackHub {
     /// One packet to every leg, without waiting for any of them.
     pub fn forward(&self, pkt: &Packet) -> Forwarded {
         self.packets_in.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let pkt = {
             let mut r = self.renumber.lock().unwrap_or_else(PoisonError::into_inner);
-            match r.map(pkt, self.spec.codec, Instant::now()) {
+            match r.map(pkt, self.spec.codec, now) {
                 Some(p) => p,
                 None => return Forwarded::AwaitingKeyframe,
             }
         };
+        // Before the fan-out: a writer that replays the group skips, by
+        // sequence number, what its queue also holds.
+        self.gop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pkt.as_ref(), self.spec.codec, now);
         let legs = self
             .legs
             .read()
@@ -222,8 +232,21 @@ impl TrackHub {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .resync = true;
+            self.gop
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget();
         }
         *self.upstream.lock().unwrap_or_else(PoisonError::into_inner) = track;
+    }
+
+    /// The packets since the current keyframe began, for a child starting
+    /// mid-group (see `gop`).
+    pub fn gop_snapshot(&self) -> Option<Vec<Packet>> {
+        self.gop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .snapshot(Instant::now())
     }
 
     /// True while a track of the current upstream feeds this one.

@@ -11,6 +11,7 @@
 pub mod downstream;
 pub mod feedback;
 pub mod forward;
+pub mod gop;
 pub mod media;
 pub mod node;
 pub mod peer;
