@@ -57,6 +57,18 @@ const ICE_DISCONNECTED_AFTER: Duration = Duration::from_millis(2500);
 const ICE_FAILED_AFTER: Duration = Duration::from_millis(2500);
 const ICE_KEEPALIVE: Duration = Duration::from_millis(500);
 
+/// Connectivity checks every 50 ms (RFC 8445's Ta; webrtc-rs waits 200 ms),
+/// for as long as its default (1.4 s) before a candidate pair counts as
+/// failed: each 200 ms tick missed was a step of a re-placed child's
+/// recovery.
+const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+const ICE_BINDING_REQUESTS: u16 = 28;
+/// A pair learned from the other side's check (peer-reflexive) is used at
+/// once. With candidates trickled through the server a child's check often
+/// arrives before its candidate does, and webrtc-rs's 1 s wait for a better
+/// pair was the largest outlier in the churn driver's recovery times.
+const ICE_PRFLX_WAIT: Duration = Duration::ZERO;
+
 /// Bytes a data channel may hold unacknowledged before sends wait.
 const DATA_CHANNEL_SEND_BUFFER: usize = 1 << 20;
 
@@ -176,6 +188,8 @@ impl Link {
                 Some(ICE_FAILED_AFTER),
                 Some(ICE_KEEPALIVE),
             )
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_BINDING_REQUESTS))
+            .with_prflx_acceptance_min_wait(Some(ICE_PRFLX_WAIT))
             .build();
         let ice_servers = cfg
             .ice_servers
