@@ -39,8 +39,13 @@ enum Command {
 }
 
 /// Our own progress at info; webrtc's per-connection chatter only when it
-/// warns. `RUST_LOG` overrides.
-const DEFAULT_LOG: &str = "warn,peer_tree_relay=info,relay=info,signalling=info";
+/// warns. Three webrtc-rs modules warn on every connection about normal
+/// events (checks before the first remote candidate, no DTLS server name,
+/// STUN before the remote credentials: ~200 lines in a churn run), so they
+/// speak only of errors. `RUST_LOG` overrides.
+const DEFAULT_LOG: &str = "warn,peer_tree_relay=info,relay=info,signalling=info,\
+                           rtc_ice::agent=error,rtc_dtls::config=error,\
+                           rtc::peer_connection::handler=error";
 
 /// Errors end the process with one line on stderr and exit code 2, the code
 /// clap uses for bad arguments: everything that fails here is something the

@@ -270,6 +270,13 @@ impl Registry {
         fx: &mut Effects,
     ) -> Result<(), ProtocolError> {
         let re = Some("reclaim");
+        let gone = || {
+            ProtocolError::new(
+                ErrorCode::NoSuchTree,
+                "no tree with that id (closed, or the grace period ended)",
+                re,
+            )
+        };
         let known = self.trees.contains_key(r.tree.as_str());
         if !cfg.token_key.verify(&r.tree, &r.token) {
             // An unknown tree with a token this key did not sign is simply
@@ -277,11 +284,7 @@ impl Registry {
             return Err(if known {
                 ProtocolError::new(ErrorCode::BadToken, "wrong token for this tree", re)
             } else {
-                ProtocolError::new(
-                    ErrorCode::NoSuchTree,
-                    "no tree with that id (closed, or the grace period ended)",
-                    re,
-                )
+                gone()
             });
         }
         if member.is_some() {
@@ -293,11 +296,7 @@ impl Registry {
         }
         if !known {
             if self.started.elapsed() > cfg.grace {
-                return Err(ProtocolError::new(
-                    ErrorCode::NoSuchTree,
-                    "no tree with that id (closed, or the grace period ended)",
-                    re,
-                ));
+                return Err(gone());
             }
             // The token is ours but the tree is not: this server restarted
             // (with the same --secret-file) and the source comes back first.
@@ -307,11 +306,7 @@ impl Registry {
             return Ok(());
         }
         let Some((tree_id, t)) = self.tree_mut(&r.tree) else {
-            return Err(ProtocolError::new(
-                ErrorCode::NoSuchTree,
-                "no such tree",
-                re,
-            ));
+            return Err(gone());
         };
         let root = t.tree.root();
         let old = t.tree.peer(root).cloned();
