@@ -42,8 +42,11 @@ pub struct SignalArgs {
     rate: u32,
     /// Most WebSocket connections open at once from one client IP address
     /// (IPv6: per /64); more are refused with HTTP 429. 0 = unlimited. Plain
-    /// HTTP requests are not counted. Behind a reverse proxy every client
-    /// has the proxy's address: use 0 there and limit at the proxy.
+    /// HTTP requests are not counted, but an address's TCP connections of
+    /// any kind are capped at twice N (more are closed at once), and every
+    /// connection must send its first request within 10 s. Behind a reverse
+    /// proxy every client has the proxy's address: use 0 there and limit at
+    /// the proxy.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS_PER_IP)]
     max_conns_per_ip: u32,
     /// Accept browser WebSockets only from pages of this origin (repeatable),

@@ -97,6 +97,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 /// How often the node looks at its parent's health.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
+/// Children wait this long at most for the data channels the parent's offer
+/// announced. The parent's tracks arrive with its offer, its channels only
+/// once SCTP is up; a child offered the tracks alone needs a second
+/// negotiation to add SCTP to a connection that just came up, and in
+/// webrtc-rs that race once left a child without its data channel.
+const CHANNELS_WAIT: Duration = Duration::from_secs(2);
 /// How long a refused or unanswered `reconnect` waits before another try.
 const RECONNECT_RETRY: Duration = Duration::from_secs(5);
 
@@ -189,7 +195,10 @@ impl Node {
         let exit = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(Exit::Shutdown),
-                _ = health.tick() => self.check_upstream(),
+                _ = health.tick() => {
+                    self.check_upstream();
+                    self.open_waiting().await;
+                }
                 ev = self.events.next() => {
                     let Some(ev) = ev else {
                         match self.take_seat_again(shutdown.as_mut()).await {
@@ -228,7 +237,7 @@ impl Node {
         match ev {
             Event::Child(c) => {
                 info!(child = %c.peer, "new child");
-                if self.hub.tracks().is_empty() && self.hub.channels().is_empty() {
+                if !self.ready_for_children() {
                     self.waiting.push(c.peer);
                 } else if let Err(e) = self.open_child(&c.peer).await {
                     warn!(child = %c.peer, "cannot connect to child: {e}");
@@ -483,12 +492,36 @@ impl Node {
         Ok(())
     }
 
-    async fn on_hub_changed(&mut self) {
+    /// Children are offered the hub once it has something, and, when the
+    /// parent announced data channels, once those are in (or after
+    /// `CHANNELS_WAIT`), so that the first offer carries everything.
+    fn ready_for_children(&self) -> bool {
+        let (tracks, channels) = (self.hub.tracks(), self.hub.channels());
+        if tracks.is_empty() && channels.is_empty() {
+            return false;
+        }
+        let channels_due = channels.is_empty()
+            && self
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.link.remote_has_data())
+            && self.parent_since.elapsed() < CHANNELS_WAIT;
+        !channels_due
+    }
+
+    async fn open_waiting(&mut self) {
+        if self.waiting.is_empty() || !self.ready_for_children() {
+            return;
+        }
         for peer in std::mem::take(&mut self.waiting) {
             if let Err(e) = self.open_child(&peer).await {
                 warn!(child = %peer, "cannot connect to child: {e}");
             }
         }
+    }
+
+    async fn on_hub_changed(&mut self) {
+        self.open_waiting().await;
         for (peer, child) in self.children.iter_mut() {
             if child.offer_out {
                 child.dirty = true;

@@ -102,6 +102,9 @@ pub struct Link {
     /// (werift and browsers send them so); applied once it is set.
     early_candidates: Mutex<Vec<RTCIceCandidateInit>>,
     remote_set: AtomicBool,
+    /// The remote's last description had an `m=application` section: it
+    /// has (or will open) data channels.
+    remote_has_data: AtomicBool,
 }
 
 struct Handler {
@@ -231,6 +234,7 @@ impl Link {
             client: client.clone(),
             early_candidates: Mutex::default(),
             remote_set: AtomicBool::new(false),
+            remote_has_data: AtomicBool::new(false),
         }))
     }
 
@@ -251,7 +255,9 @@ impl Link {
             let desc: RTCSessionDescription = serde_json::from_value(sdp.clone())
                 .map_err(|e| RelayError::BadSignal(format!("bad sdp: {e}")))?;
             let is_offer = desc.sdp_type == RTCSdpType::Offer;
+            let has_data = desc.sdp.lines().any(|l| l.starts_with("m=application"));
             self.pc.set_remote_description(desc).await?;
+            self.remote_has_data.store(has_data, Ordering::Release);
             self.remote_set.store(true, Ordering::Release);
             let early = std::mem::take(
                 &mut *self
@@ -290,6 +296,11 @@ impl Link {
                 Ok(Applied::Candidate)
             }
         }
+    }
+
+    /// The remote's description announced data channels.
+    pub fn remote_has_data(&self) -> bool {
+        self.remote_has_data.load(Ordering::Acquire)
     }
 
     async fn add_candidate(&self, c: RTCIceCandidateInit) {

@@ -8,6 +8,7 @@
 //! disconnected (its children are re-placed), so it cannot grow the server's
 //! memory or delay anyone else.
 
+mod guard;
 mod metrics;
 mod registry;
 
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::protocol::{ErrorCode, Event, Hello, IceServer, ProtocolError, Request, VERSION};
+use guard::{Guarded, FIRST_REQUEST_DEADLINE};
 use metrics::{Metrics, Refusal};
 pub use registry::TokenKey;
 use registry::{Effects, PeerId, Registry};
@@ -76,6 +78,9 @@ pub struct ServerConfig {
     /// Signs reclaim tokens; the same key after a restart lets sources take
     /// their trees back.
     pub token_key: TokenKey,
+    /// A connection's first request (its head) must arrive within this, or
+    /// the connection is closed (slowloris; see `server/guard.rs`).
+    pub first_request_deadline: Duration,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +99,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             tls: None,
             token_key: TokenKey::random(),
+            first_request_deadline: FIRST_REQUEST_DEADLINE,
         }
     }
 }
@@ -275,7 +281,15 @@ pub async fn serve(
         shutdown: CancellationToken::new(),
         ip_counts: IpCounts::default(),
     });
-    let incoming = Incoming::new(listener, shared.cfg.tls.as_ref())?;
+    let incoming = Incoming::new(
+        listener,
+        shared.cfg.tls.as_ref(),
+        shared
+            .cfg
+            .max_conns_per_ip
+            .saturating_mul(TCP_PER_WEBSOCKET),
+        shared.cfg.first_request_deadline,
+    )?;
     let app = router(shared.clone()).into_make_service_with_connect_info::<ClientAddr>();
     let token = shared.shutdown.clone();
     let result = axum::serve(incoming, app)
@@ -596,7 +610,8 @@ fn is_too_large(e: axum::Error) -> bool {
 // ---------------------------------------------------------------------------
 // Admission: per-address limit and Origin allow-list.
 
-/// Only WebSockets count towards `max_conns_per_ip`, not plain HTTP: a
+/// WebSockets count towards `max_conns_per_ip`, plain HTTP does not (raw
+/// TCP connections have a looser cap of their own, see `Incoming`): a
 /// WebSocket is what holds the server's resources for minutes or hours (a
 /// peer entry, a tree slot, its outgoing queue, a ping timer), and the
 /// refusal can be a clear HTTP 429 on the upgrade request. An HTTP request
@@ -613,7 +628,7 @@ impl IpCounts {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A slot for one more WebSocket from `ip`, or `None` when `ip` already
+    /// A slot for one more connection from `ip`, or `None` when `ip` already
     /// has `limit` open.
     fn acquire(&self, ip: IpAddr, limit: u32) -> Option<IpSlot> {
         let key = client_key(ip);
@@ -859,7 +874,16 @@ const MAX_TLS_HANDSHAKES: usize = 1024;
 struct Incoming {
     local: SocketAddr,
     kind: IncomingKind,
+    /// Open TCP connections per client address, whatever they carry.
+    tcp_counts: IpCounts,
+    tcp_limit: u32,
+    deadline: Duration,
 }
+
+/// TCP connections one address may hold per WebSocket it may hold: room for
+/// the watch page's own requests beside its WebSocket, while a client that
+/// opens sockets and never finishes a request (see `guard`) is capped.
+const TCP_PER_WEBSOCKET: u32 = 2;
 
 enum IncomingKind {
     Plain(TcpListener),
@@ -867,7 +891,13 @@ enum IncomingKind {
 }
 
 impl Incoming {
-    fn new(listener: TcpListener, tls: Option<&TlsIdentity>) -> std::io::Result<Incoming> {
+    /// `tcp_limit`: open connections per client address (0: no limit).
+    fn new(
+        listener: TcpListener,
+        tls: Option<&TlsIdentity>,
+        tcp_limit: u32,
+        deadline: Duration,
+    ) -> std::io::Result<Incoming> {
         let local = listener.local_addr()?;
         let kind = match tls {
             None => IncomingKind::Plain(listener),
@@ -878,15 +908,16 @@ impl Incoming {
                 IncomingKind::Tls(rx)
             }
         };
-        Ok(Incoming { local, kind })
+        Ok(Incoming {
+            local,
+            kind,
+            tcp_counts: IpCounts::default(),
+            tcp_limit,
+            deadline,
+        })
     }
-}
 
-impl axum::serve::Listener for Incoming {
-    type Io = Either<TcpStream, TlsStream<TcpStream>>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    async fn next_connection(&mut self) -> (Either<TcpStream, TlsStream<TcpStream>>, SocketAddr) {
         match &mut self.kind {
             IncomingKind::Plain(listener) => {
                 let (tcp, from) = accept_tcp(listener).await;
@@ -897,6 +928,30 @@ impl axum::serve::Listener for Incoming {
                 // The handshake task ends only once this receiver is gone.
                 None => std::future::pending().await,
             },
+        }
+    }
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = Guarded<Either<TcpStream, TlsStream<TcpStream>>, Option<IpSlot>>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, from) = self.next_connection().await;
+            let slot = if self.tcp_limit == 0 {
+                None
+            } else {
+                match self.tcp_counts.acquire(from.ip(), self.tcp_limit) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        // No request has arrived to answer: just close.
+                        debug!(%from, "connection closed: per-address TCP limit reached");
+                        continue;
+                    }
+                }
+            };
+            return (Guarded::new(io, slot, self.deadline), from);
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use signalling::client::{Client, ClientError, ClientOptions};
 use signalling::protocol::{Event, Role};
 use signalling::server::{ServerConfig, ServerError, ServerHandle, TlsIdentity, TlsPart};
@@ -147,6 +147,81 @@ async fn per_ip_limit_refuses_the_next_websocket_with_429_and_frees_slots() {
         connect_once_a_slot_frees(&srv).await,
         connect_once_a_slot_frees(&srv).await,
     ];
+}
+
+/// Reads until the server closes the connection (EOF or reset); returns
+/// how long that took, or None if it stayed open for `within`.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let t0 = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout_at(t0 + within, tcp.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slowloris: connections that never finish their first request are closed
+/// at the deadline, and one address cannot hold more than twice its
+/// WebSocket limit in TCP connections meanwhile; others still get in.
+#[tokio::test]
+async fn unfinished_requests_are_cut_off_and_capped_per_address() {
+    use tokio::io::AsyncWriteExt;
+    let srv = start(ServerConfig {
+        max_conns_per_ip: 2,
+        first_request_deadline: Duration::from_millis(500),
+        ..ServerConfig::default()
+    })
+    .await;
+    // Four half-sent requests from 127.0.0.1: the TCP cap (2 x 2).
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+        tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    // A fifth is closed at once, before it sends anything.
+    let mut fifth = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    let cut = closed_within(&mut fifth, Duration::from_millis(400)).await;
+    assert!(
+        cut.is_some(),
+        "a fifth TCP connection from one address was kept"
+    );
+    // Another address is not affected.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let tcp = sock.connect(srv.addr()).await.unwrap();
+    let (mut other, _) = tokio_tungstenite::client_async(srv.ws_url(), tcp)
+        .await
+        .expect("127.0.0.3 is admitted");
+    assert!(hello_of(&mut other).await.contains(r#""type":"hello""#));
+    // The slow ones are closed at the deadline, which frees their slots.
+    for tcp in &mut slow {
+        let t = closed_within(tcp, Duration::from_secs(5))
+            .await
+            .expect("a half-sent request held its connection past the deadline");
+        assert!(t < Duration::from_secs(2), "closed after {t:?}");
+    }
+    let _again = connect_once_a_slot_frees(&srv).await;
+    // A connection that sent its whole request in time is not cut off later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    other
+        .send(Message::text(r#"{"type":"create"}"#))
+        .await
+        .unwrap();
+    let created = loop {
+        match other.next().await {
+            Some(Ok(Message::Text(t))) => break t,
+            Some(Ok(_)) => continue,
+            e => panic!("the WebSocket closed: {e:?}"),
+        }
+    };
+    assert!(created.contains(r#""type":"created""#), "{created}");
 }
 
 #[tokio::test]
