@@ -144,7 +144,7 @@ mod tests {
         let mut buf = [0u8; 64];
         for part in [&b"GET / HTTP/1.1\r\nHost: x\r"[..], b"\n", b"\r", b"\nbody"] {
             client.write_all(part).await.unwrap();
-            g.read(&mut buf).await.unwrap();
+            assert_eq!(g.read(&mut buf).await.unwrap(), part.len());
         }
         tokio::time::sleep(Duration::from_secs(60)).await;
         client.write_all(b"later").await.unwrap();
