@@ -100,7 +100,7 @@ fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
         killed.elapsed()
     );
     let after = ivf_frames(&rec);
-    assert_run_of_file(&after[before..], &source_frames, "after the kill");
+    assert_run_of_file_across_a_replay(&after[before..], &source_frames, "after the kill");
 }
 
 fn expect_one_line_error(args: &[&str], what: &str) -> String {

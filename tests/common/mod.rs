@@ -268,6 +268,47 @@ pub fn http_addr(ws_url: &str) -> String {
         .to_owned()
 }
 
+/// Like [`assert_run_of_file`] for a recording across a change of parent:
+/// the new parent replays its current group of pictures (relay/src/gop.rs),
+/// which can repeat frames recorded just before. So the run may jump back
+/// once, to one of the file's keyframes at most one group back, and must
+/// continue unbroken from there.
+pub fn assert_run_of_file_across_a_replay(
+    recorded: &[Vec<u8>],
+    file: &[relay::source::Frame],
+    what: &str,
+) {
+    let index_of = |data: &[u8]| {
+        file.iter()
+            .position(|f| f.data[..] == data[..])
+            .unwrap_or_else(|| panic!("{what}: a recorded frame is not one of the file's"))
+    };
+    let Some(first) = recorded.first() else {
+        panic!("{what}: nothing recorded");
+    };
+    let mut at = index_of(first);
+    let mut rewound = false;
+    for (i, f) in recorded.iter().enumerate().skip(1) {
+        let next = (at + 1) % file.len();
+        if file[next].data[..] == f[..] {
+            at = next;
+            continue;
+        }
+        let to = index_of(f);
+        let back = (at + file.len() - to) % file.len();
+        let keyframes_between = (0..=back)
+            .filter(|d| file[(to + d) % file.len()].keyframe)
+            .count();
+        assert!(
+            !rewound && file[to].keyframe && keyframes_between <= 2,
+            "{what}: recorded frame {i} (file frame {to}) neither follows file frame {at} nor \
+             starts a replay of its group"
+        );
+        rewound = true;
+        at = to;
+    }
+}
+
 /// Asserts `recorded` is an unbroken run of `file`'s frames, byte for byte,
 /// wrapping around as a looping source does; returns the file index of the
 /// first one. A lost or altered frame anywhere fails.
