@@ -57,6 +57,9 @@
 //! end unless `--keep`, or unless the run failed. Only 127.0.0.1 is
 //! contacted.
 
+#[path = "procfs/mod.rs"]
+mod procfs;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -1867,26 +1870,9 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()))
 }
 
-/// Socket inodes of a process, from /proc/<pid>/fd.
-fn socket_inodes(pid: u32) -> Option<HashSet<String>> {
-    let mut inodes = HashSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        if let Ok(target) = std::fs::read_link(fd.path()) {
-            if let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-            {
-                inodes.insert(inode.to_owned());
-            }
-        }
-    }
-    Some(inodes)
-}
-
 /// (udp, tcp) sockets a live process holds.
 fn sockets_of(pid: u32) -> Option<(usize, usize)> {
-    let inodes = socket_inodes(pid)?;
+    let inodes = procfs::socket_inodes(pid)?;
     let count = |tables: &[&str]| {
         tables
             .iter()

@@ -47,6 +47,9 @@
 //! others (`taskset`), so "copies/s without loss" is what one core does.
 //! Only 127.0.0.1 is contacted; `--timeout` bounds the run.
 
+#[path = "procfs/mod.rs"]
+mod procfs;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -323,18 +326,7 @@ fn proc_rss_kib(pid: u32) -> Option<u64> {
 /// buffer full): the `drops` column of /proc/net/udp{,6} for the socket
 /// inodes among the process's file descriptors.
 fn udp_drops(pid: u32) -> Option<u64> {
-    let mut inodes = std::collections::HashSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        if let Ok(target) = std::fs::read_link(fd.path()) {
-            if let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-            {
-                inodes.insert(inode.to_owned());
-            }
-        }
-    }
+    let inodes = procfs::socket_inodes(pid)?;
     let mut drops = 0;
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
