@@ -79,7 +79,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::peer_connection::RTCPeerConnectionState;
 use webrtc::rtp_transceiver::RtpSender;
@@ -570,15 +570,11 @@ async fn sink_loop(
                 None => break,
             },
             Some((_, ev)) = links_rx.recv() => {
-                if let LinkEvent::Track(track) = ev {
+                if let LinkEvent::Track(_, mut packets) = ev {
                     let stats = stats.clone();
                     tokio::spawn(async move {
-                        while let Some(ev) = track.poll().await {
-                            match ev {
-                                TrackRemoteEvent::OnRtpPacket(p) => stats.on_packet(&p.payload),
-                                TrackRemoteEvent::OnEnded => break,
-                                _ => {}
-                            }
+                        while let Some(p) = packets.recv().await {
+                            stats.on_packet(&p.payload);
                         }
                     });
                 }
@@ -1964,8 +1960,8 @@ async fn baseline_relay(tree: String, url: String, k: u32) -> Result<()> {
                 }
             }
             Some((from, ev)) = links_rx.recv() => match ev {
-                LinkEvent::Track(track) if from == parent && up_track.is_none() => {
-                    let Some(up) = baseline_upstream(track, &broadcast_tx, &mut readers).await else {
+                LinkEvent::Track(track, packets) if from == parent && up_track.is_none() => {
+                    let Some(up) = baseline_upstream(track, packets, &broadcast_tx, &mut readers).await else {
                         continue;
                     };
                     for peer in std::mem::take(&mut waiting) {
@@ -2005,6 +2001,7 @@ async fn baseline_relay(tree: String, url: String, k: u32) -> Result<()> {
 /// The example's `on_track`: read the parent's track into the broadcast channel.
 async fn baseline_upstream(
     track: Arc<dyn TrackRemote>,
+    mut packets: relay::peer::TrackPackets,
     broadcast_tx: &BroadcastSender<Packet>,
     readers: &mut Vec<JoinHandle<()>>,
 ) -> Option<UpTrack> {
@@ -2017,10 +2014,8 @@ async fn baseline_upstream(
     };
     let broadcast_tx = broadcast_tx.clone();
     readers.push(tokio::spawn(async move {
-        while let Some(evt) = track.poll().await {
-            if let TrackRemoteEvent::OnRtpPacket(packet) = evt {
-                let _ = broadcast_tx.send(packet);
-            }
+        while let Some(packet) = packets.recv().await {
+            let _ = broadcast_tx.send(packet);
         }
     }));
     Some(up)

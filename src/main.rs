@@ -39,13 +39,22 @@ enum Command {
 }
 
 /// Our own progress at info; webrtc's per-connection chatter only when it
-/// warns. Three webrtc-rs modules warn on every connection about normal
-/// events (checks before the first remote candidate, no DTLS server name,
-/// STUN before the remote credentials: ~200 lines in a churn run), so they
-/// speak only of errors. `RUST_LOG` overrides.
+/// warns. Some webrtc-rs modules warn on every connection about normal
+/// events, so they speak only of errors, or not at all:
+/// - checks before the first remote candidate, no DTLS server name, STUN
+///   before the remote credentials: ~200 lines in a churn run;
+/// - a browser viewer in the wild (mDNS names for its addresses): an mDNS
+///   warning for every AAAA record announced on the LAN (six per answer),
+///   an ERROR when its `.local` name goes unanswered for 10 s (a viewer on
+///   another network, connected all along through its own checks), and 18
+///   "Unsupported Extension Type" lines per connection (Chromium offers
+///   DTLS 1.3 extensions; webrtc-rs skips them and speaks DTLS 1.2).
+///
+/// `RUST_LOG` overrides.
 const DEFAULT_LOG: &str = "warn,peer_tree_relay=info,relay=info,signalling=info,\
-                           rtc_ice::agent=error,rtc_dtls::config=error,\
-                           rtc::peer_connection::handler=error";
+                           rtc_ice::agent=error,rtc_ice::agent::agent_proto=off,\
+                           rtc_dtls::config=error,rtc_dtls::handshake=error,\
+                           rtc_mdns::proto=error,rtc::peer_connection::handler=error";
 
 /// Errors end the process with one line on stderr and exit code 2, the code
 /// clap uses for bad arguments: everything that fails here is something the

@@ -143,43 +143,6 @@ async fn browser_leaf_under_a_relay_decodes_and_gets_every_message() {
     page.close().await;
 }
 
-/// Decodes every frame of an IVF file with ffprobe: (codec, width, height,
-/// frames decoded). Any decoding error fails the test.
-fn decode_with_ffmpeg(path: &std::path::Path) -> (String, u32, u32, u64) {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "ffprobe {}: {stderr}",
-        path.display()
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
-    let st = &v["streams"][0];
-    (
-        st["codec_name"].as_str().unwrap_or_default().to_owned(),
-        st["width"].as_u64().unwrap_or_default() as u32,
-        st["height"].as_u64().unwrap_or_default() as u32,
-        st["nb_read_frames"]
-            .as_str()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_default(),
-    )
-}
-
 /// (b) Rust source -> browser (k=2) -> Rust relay recording: the browser
 /// re-encodes what it forwards, the relay records VP8 that ffmpeg decodes,
 /// and the data channel passes through the browser message by message.

@@ -33,6 +33,7 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use crate::feedback::KeyframeThrottle;
 use crate::gop::GopCache;
 use crate::media::Codec;
+use crate::repair::{Repairs, Verdict};
 
 /// RTP packets queued per child and track: about 0.4 s of 5 Mbit/s video.
 pub const LEG_QUEUE_PACKETS: usize = 256;
@@ -84,7 +85,9 @@ pub struct TrackHub {
     /// has none and cannot make keyframes on demand.
     upstream: Mutex<Option<(Arc<dyn TrackRemote>, u32)>>,
     throttle: KeyframeThrottle,
-    renumber: Mutex<Renumber>,
+    /// The outgoing numbering, and which of its numbers went out (a repair
+    /// from upstream goes out once, while still useful: repair.rs).
+    outgoing: Mutex<(Renumber, Repairs)>,
     gop: Mutex<GopCache>,
     pub packets_in: AtomicU64,
     pub packets_dropped: AtomicU64,
@@ -97,6 +100,8 @@ pub enum Forwarded {
     /// Dropped: the track waits for a keyframe from its new upstream; the
     /// caller should ask for one.
     AwaitingKeyframe,
+    /// Dropped: a duplicate, or a repair too late to be of use.
+    Dropped(Verdict),
 }
 
 /// The outgoing numbering of one track across upstream changes (see the
@@ -161,7 +166,7 @@ impl TrackHub {
             legs: RwLock::default(),
             upstream: Mutex::default(),
             throttle: KeyframeThrottle::default(),
-            renumber: Mutex::default(),
+            outgoing: Mutex::default(),
             gop: Mutex::default(),
             packets_in: AtomicU64::new(0),
             packets_dropped: AtomicU64::new(0),
@@ -173,11 +178,20 @@ impl TrackHub {
         self.packets_in.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let pkt = {
-            let mut r = self.renumber.lock().unwrap_or_else(PoisonError::into_inner);
-            match r.map(pkt, self.spec.codec, now) {
-                Some(p) => p,
-                None => return Forwarded::AwaitingKeyframe,
+            let mut out = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+            let (renumber, repairs) = &mut *out;
+            let Some(p) = renumber.map(pkt, self.spec.codec, now) else {
+                return Forwarded::AwaitingKeyframe;
+            };
+            let verdict = repairs.admit(
+                p.header.sequence_number,
+                p.header.timestamp,
+                self.spec.codec.clock_rate(),
+            );
+            if matches!(verdict, Verdict::Duplicate | Verdict::Stale) {
+                return Forwarded::Dropped(verdict);
             }
+            p
         };
         // Before the fan-out: a writer that replays the group skips, by
         // sequence number, what its queue also holds.
@@ -228,9 +242,10 @@ impl TrackHub {
     /// The parent's track that feeds this one now (None: the parent is gone).
     pub fn set_upstream(&self, track: Option<(Arc<dyn TrackRemote>, u32)>) {
         if track.is_some() {
-            self.renumber
+            self.outgoing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
+                .0
                 .resync = true;
             self.gop
                 .lock()

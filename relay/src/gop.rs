@@ -47,13 +47,22 @@ impl GopCache {
         if !codec.is_video() {
             return;
         }
-        if starts_keyframe(codec, &p.payload) {
+        let seq = p.header.sequence_number;
+        let late = self
+            .packets
+            .last()
+            .is_some_and(|q| (seq.wrapping_sub(q.header.sequence_number) as i16) < 0);
+        if starts_keyframe(codec, &p.payload) && !late {
             self.packets.clear();
             self.bytes = 0;
             self.open = true;
             self.started = Some(now);
         }
-        if !self.open {
+        let before_group = self
+            .packets
+            .first()
+            .is_some_and(|q| (seq.wrapping_sub(q.header.sequence_number) as i16) < 0);
+        if !self.open || before_group {
             return;
         }
         if self.bytes + p.payload.len() > GOP_MAX_BYTES || self.packets.len() >= GOP_MAX_PACKETS {
@@ -61,7 +70,15 @@ impl GopCache {
             return;
         }
         self.bytes += p.payload.len();
-        self.packets.push(p.clone());
+        // A repair from upstream arrives after later packets: kept in
+        // sequence order, so a replay carries frames whole and in order. (A
+        // late keyframe start opens nothing: what followed it is gone.)
+        let at = self
+            .packets
+            .iter()
+            .rposition(|q| (seq.wrapping_sub(q.header.sequence_number) as i16) > 0)
+            .map_or(0, |i| i + 1);
+        self.packets.insert(at, p.clone());
     }
 
     /// The stream broke (a new upstream): nothing cached is a valid start
@@ -172,6 +189,22 @@ mod tests {
         assert!(g.snapshot(t0()).is_none(), "no group without its keyframe");
         g.push(&vp8(4, 9000, true, 10), Codec::Vp8, t0());
         assert_eq!(g.snapshot(t0()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_late_repair_takes_its_place_in_the_group() {
+        let mut g = GopCache::default();
+        g.push(&vp8(10, 0, true, 10), Codec::Vp8, t0());
+        g.push(&vp8(12, 3000, false, 10), Codec::Vp8, t0());
+        g.push(&vp8(13, 6000, false, 10), Codec::Vp8, t0());
+        g.push(&vp8(11, 0, false, 10), Codec::Vp8, t0());
+        let seqs: Vec<u16> = g
+            .snapshot(t0())
+            .unwrap()
+            .iter()
+            .map(|p| p.header.sequence_number)
+            .collect();
+        assert_eq!(seqs, [10, 11, 12, 13]);
     }
 
     #[test]

@@ -73,6 +73,17 @@ impl Codec {
         }
     }
 
+    /// The payload type of this codec's RTX (RFC 4588) companion, as
+    /// webrtc-rs and Chromium number them by default; None for audio.
+    pub fn default_rtx_payload_type(self) -> Option<u8> {
+        match self {
+            Codec::Vp8 => Some(97),
+            Codec::Vp9 => Some(99),
+            Codec::Av1 => Some(106),
+            Codec::Opus => None,
+        }
+    }
+
     pub fn is_video(self) -> bool {
         !matches!(self, Codec::Opus)
     }

@@ -314,12 +314,19 @@ impl Node {
                 .as_ref()
                 .is_some_and(|u| u.link.remote == from);
         match ev {
-            LinkEvent::Track(track) if from_parent => {
+            LinkEvent::Track(track, packets) if from_parent => {
                 let Some(up) = self.upstream.as_mut() else {
                     return;
                 };
-                match up.on_track(&self.hub, track).await {
-                    Ok(t) => self.maybe_record(&t),
+                match up.attach(&self.hub, track).await {
+                    Ok(t) => {
+                        // The recorder's leg before the first packet flows,
+                        // so it gets the replayed group too.
+                        self.maybe_record(&t);
+                        if let Some(up) = self.upstream.as_mut() {
+                            up.start(t, packets);
+                        }
+                    }
                     Err(e) => warn!("upstream track refused: {e}"),
                 }
             }
@@ -349,7 +356,7 @@ impl Node {
                 }
             }
             // Children never open tracks or channels towards their parent.
-            LinkEvent::Track(_) | LinkEvent::DataChannel(_) => {}
+            LinkEvent::Track(..) | LinkEvent::DataChannel(_) => {}
         }
     }
 
@@ -583,8 +590,18 @@ impl Node {
                 }
             };
             info!("recording {} to {}", codec.mime(), path.display());
-            while let Some(p) = rx.recv().await {
-                if let Err(e) = rec.push(&p) {
+            loop {
+                // A hole in the sequence is given up at its deadline even if
+                // no packet comes to notice it.
+                let deadline = rec.deadline();
+                let pushed = tokio::select! {
+                    p = rx.recv() => match p {
+                        Some(p) => rec.push(&p),
+                        None => break,
+                    },
+                    _ = sleep_until(deadline) => rec.poll(Instant::now()),
+                };
+                if let Err(e) = pushed {
                     warn!("recording stopped: {e}");
                     break;
                 }
@@ -606,5 +623,13 @@ impl Node {
         if let Some(up) = self.upstream.take() {
             up.close(&self.hub).await;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -10,27 +10,34 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalling::client::Client;
 use signalling::protocol::IceServer;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use webrtc::data_channel::DataChannel;
-use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
+use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
 
 use crate::feedback::FeedbackTap;
 use crate::media::Codec;
+use crate::rtx::UnwrapRtx;
 use crate::runtime::RelayRuntime;
 use crate::RelayError;
 
@@ -69,12 +76,116 @@ const ICE_BINDING_REQUESTS: u16 = 28;
 /// pair was the largest outlier in the churn driver's recovery times.
 const ICE_PRFLX_WAIT: Duration = Duration::ZERO;
 
+/// How this process treats the `.local` names that browsers hide their
+/// addresses behind: resolved by mDNS queries (webrtc-rs's `QueryOnly`) where
+/// that works. webrtc-rs opens a multicast socket for every connection in that
+/// mode and fails the whole connection when it cannot, and joining the group
+/// needs a route for 224.0.0.251, which a host without a default route (an
+/// isolated LAN, a venue network, a container without a gateway) does not
+/// have. mDNS is optional here: a relay answers a browser's checks at once and
+/// learns its address from them (peer-reflexive candidates). So one probe per
+/// process decides, and a failure is said once.
+fn mdns_mode() -> MulticastDnsMode {
+    static PROBED: OnceLock<()> = OnceLock::new();
+    PROBED.get_or_init(|| {
+        if let Err(e) = rtc::mdns::MulticastSocket::new().into_std() {
+            mdns_failed(&e);
+        }
+    });
+    if MDNS_OFF.load(Ordering::Relaxed) {
+        MulticastDnsMode::Disabled
+    } else {
+        MulticastDnsMode::QueryOnly
+    }
+}
+
+static MDNS_OFF: AtomicBool = AtomicBool::new(false);
+
+/// mDNS off for the rest of the process; said once.
+fn mdns_failed(e: &dyn std::fmt::Display) {
+    if !MDNS_OFF.swap(true, Ordering::Relaxed) {
+        info!(
+            "mDNS is off ({e}): `.local` ICE candidates will not be resolved; peers that hide \
+             their addresses still connect through their own checks"
+        );
+    }
+}
+
+/// webrtc-rs reports a socket it cannot open as an I/O error, in text.
+fn is_io_error(e: &RelayError) -> bool {
+    matches!(e, RelayError::Webrtc(w) if w.to_string().contains("os error"))
+}
+
+/// A TURN server is used only after 500 ms (webrtc-rs waits 2 s): a direct
+/// pair that works is usually valid by then, and a path that needs the relay
+/// (both ends behind symmetric NATs) took 2.5-2.8 s to carry media with the
+/// default.
+const ICE_RELAY_WAIT: Duration = Duration::from_millis(500);
+
+/// The ICE servers a link can use, from the server's `hello`. webrtc-rs
+/// refuses to build any connection when one `turn:` URL lacks credentials,
+/// and supports only `stun:` and `turn:` over UDP: anything else would cost
+/// every connection instead of only the candidates that server could give.
+/// Each URL left out is said once per process.
+pub fn usable_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut out = Vec::new();
+    for s in servers {
+        let username = s.username.clone().unwrap_or_default();
+        let credential = s.credential.clone().unwrap_or_default();
+        let urls: Vec<String> = s
+            .urls
+            .iter()
+            .filter(|url| {
+                let why = ice_url_problem(url, !username.is_empty() && !credential.is_empty());
+                if let Some(why) = why {
+                    let mut said = SAID.lock().unwrap_or_else(PoisonError::into_inner);
+                    if !said.contains(url) {
+                        said.push((*url).clone());
+                        warn!("ICE server {url} left out: {why}");
+                    }
+                }
+                why.is_none()
+            })
+            .cloned()
+            .collect();
+        if !urls.is_empty() {
+            out.push(RTCIceServer {
+                urls,
+                username: username.clone(),
+                credential: credential.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Why webrtc-rs 0.21 cannot use this ICE server URL, if it cannot.
+fn ice_url_problem(url: &str, has_credentials: bool) -> Option<&'static str> {
+    let (scheme, rest) = url.split_once(':')?;
+    let transport = rest.split_once("?transport=").map(|(_, t)| t);
+    match scheme {
+        "stun" if transport.is_none() => None,
+        "stun" => Some("a stun: URL takes no ?transport"),
+        "turn" if transport.is_some_and(|t| t != "udp") => {
+            Some("webrtc-rs reaches TURN servers over UDP only")
+        }
+        "turn" if !has_credentials => Some("a turn: server needs a username and credential"),
+        "turn" => None,
+        "stuns" | "turns" => Some("webrtc-rs does not support STUN/TURN over TLS"),
+        _ => Some("not a stun: or turn: URL"),
+    }
+}
+
 /// Bytes a data channel may hold unacknowledged before sends wait.
 const DATA_CHANNEL_SEND_BUFFER: usize = 1 << 20;
 
+/// A remote track's packets, read from the moment it appeared.
+pub type TrackPackets = mpsc::UnboundedReceiver<rtc::rtp::packet::Packet>;
+
 /// What a link reports to the node that owns it.
 pub enum LinkEvent {
-    Track(Arc<dyn TrackRemote>),
+    Track(Arc<dyn TrackRemote>, TrackPackets),
     DataChannel(Arc<dyn DataChannel>),
     State(RTCPeerConnectionState),
 }
@@ -134,9 +245,28 @@ impl PeerConnectionEventHandler for Handler {
     // These run on the connection's own driver task: hand the objects over
     // and return at once, or the connection stalls.
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // Read at once. webrtc-rs queues 256 packets per track and drops the
+        // rest, after its NACK generator counted them as received, so they
+        // are never repaired; a replayed group of pictures alone can be that
+        // long, and the node takes the track only when its loop gets to it.
+        // Unbounded: the consumer (`TrackHub::forward`) never waits.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reading = track.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = reading.poll().await {
+                let sent = match ev {
+                    TrackRemoteEvent::OnRtpPacket(p) => tx.send(p).is_ok(),
+                    TrackRemoteEvent::OnEnded => false,
+                    _ => true,
+                };
+                if !sent {
+                    break;
+                }
+            }
+        });
         let _ = self
             .events
-            .send((self.remote.clone(), LinkEvent::Track(track)));
+            .send((self.remote.clone(), LinkEvent::Track(track, rx)));
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
@@ -152,8 +282,30 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-fn media_engine() -> Result<MediaEngine, RelayError> {
+/// Repairs by NACK, hop by hop. webrtc-rs's defaults (a 512-packet receive
+/// log, a 1024-packet send history, a NACK every 100 ms for as long as the
+/// packet is missing) are sized for one browser stream: at the relay's
+/// 15,000 packets/s a loss leaves the log before its first NACK, and an
+/// unanswerable NACK is repeated forever. Here: a receive log (a bitmap) of
+/// half a second at that rate; a send history of 136 ms at that rate and
+/// seconds at video rates (it preallocates a slot per packet, ~250 KB per
+/// child and track); a NACK every 50 ms (a repair costs half the wait); at
+/// most 10 NACKs per packet (half a second of tries, then a keyframe
+/// request takes over downstream).
+const NACK_LOG_PACKETS: u16 = 8192;
+const NACK_HISTORY_PACKETS: u16 = 2048;
+const NACK_INTERVAL: Duration = Duration::from_millis(50);
+const NACKS_PER_PACKET: u16 = 10;
+
+/// The codecs every link offers and accepts (each video codec with its RTX
+/// companion, so repairs to browsers travel as RFC 4588 retransmissions),
+/// and the interceptor chain: webrtc-rs's default one with the NACK sizes
+/// above, RTX unwrapped before the NACK generator (rtx.rs), and the
+/// feedback tap (feedback.rs).
+fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError> {
     let mut me = MediaEngine::default();
+    // Codecs before feedback: `register_feedback` adds its lines to the
+    // codecs registered so far, and the SDP needs them (nack, nack pli).
     for codec in [Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::Opus] {
         let params = RTCRtpCodecParameters {
             rtp_codec: codec.rtc_codec(),
@@ -161,7 +313,56 @@ fn media_engine() -> Result<MediaEngine, RelayError> {
         };
         me.register_codec(params, rtp_kind(codec))?;
     }
-    Ok(me)
+    for parameter in ["", "pli"] {
+        me.register_feedback(
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: parameter.into(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new()
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new()
+                .with_size(NACK_HISTORY_PACKETS)
+                .build(),
+        )
+        .with(
+            Slot::NackGenerator,
+            NackGeneratorBuilder::new()
+                .with_size(NACK_LOG_PACKETS)
+                .with_interval(NACK_INTERVAL)
+                .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                .build(),
+        );
+    configure_simulcast_extension_headers(&mut me)?;
+    let registry = configure_twcc_receiver_only(registry, &mut me)?;
+    let registry = configure_rtcp_reports(registry);
+    // After the feedback: retransmissions are not themselves NACKed.
+    for codec in [Codec::Vp8, Codec::Vp9, Codec::Av1] {
+        let (Some(rtx), apt) = (
+            codec.default_rtx_payload_type(),
+            codec.default_payload_type(),
+        ) else {
+            continue;
+        };
+        let params = RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_RTX.into(),
+                clock_rate: codec.clock_rate(),
+                channels: 0,
+                sdp_fmtp_line: format!("apt={apt}"),
+                rtcp_feedback: vec![],
+            },
+            payload_type: rtx,
+        };
+        me.register_codec(params, RtpCodecKind::Video)?;
+    }
+    let registry = UnwrapRtx::register(registry);
+    let registry = FeedbackTap::register(registry);
+    Ok((me, registry))
 }
 
 pub fn rtp_kind(codec: Codec) -> RtpCodecKind {
@@ -181,9 +382,33 @@ impl Link {
         remote: &str,
         events: LinkEvents,
     ) -> Result<Arc<Link>, RelayError> {
-        let mut me = media_engine()?;
-        let registry = register_default_interceptors(Registry::new(), &mut me)?;
-        let registry = FeedbackTap::register(registry);
+        let pc = match Self::build(cfg, client, remote, &events, mdns_mode()).await {
+            Err(e) if mdns_mode() != MulticastDnsMode::Disabled && is_io_error(&e) => {
+                // The probe passed but the socket failed now (a route went
+                // away): mDNS off from here on, and this link tries again.
+                mdns_failed(&e);
+                Self::build(cfg, client, remote, &events, MulticastDnsMode::Disabled).await?
+            }
+            other => other?,
+        };
+        Ok(Arc::new(Link {
+            pc: Arc::new(pc),
+            remote: remote.to_owned(),
+            client: client.clone(),
+            early_candidates: Mutex::default(),
+            remote_set: AtomicBool::new(false),
+            remote_has_data: AtomicBool::new(false),
+        }))
+    }
+
+    async fn build(
+        cfg: &LinkConfig,
+        client: &Client,
+        remote: &str,
+        events: &LinkEvents,
+        mdns: MulticastDnsMode,
+    ) -> Result<impl PeerConnection, RelayError> {
+        let (me, registry) = media_engine_and_interceptors()?;
         let settings = SettingEngineBuilder::new()
             .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
             .with_ice_timeouts(
@@ -193,16 +418,16 @@ impl Link {
             )
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_BINDING_REQUESTS))
             .with_prflx_acceptance_min_wait(Some(ICE_PRFLX_WAIT))
+            .with_relay_acceptance_min_wait(Some(ICE_RELAY_WAIT))
+            .with_multicast_dns_mode(mdns)
+            // The answering side (the child) finishes DTLS first, so it holds
+            // its SRTP keys before the parent's first packet: as DTLS client
+            // (webrtc-rs's default) it dropped the first packets of the
+            // replayed group in 9 of 25 connections, packets its NACK
+            // generator never learns of.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
-        let ice_servers = cfg
-            .ice_servers
-            .iter()
-            .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
-            })
-            .collect();
+        let ice_servers = usable_ice_servers(&cfg.ice_servers);
         let builder = PeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -220,22 +445,14 @@ impl Link {
             .with_handler(Arc::new(Handler {
                 remote: remote.to_owned(),
                 client: client.clone(),
-                events,
+                events: events.clone(),
             }));
         let addrs: Vec<SocketAddr> = if cfg.udp_addrs.is_empty() {
             vec![SocketAddr::from(([0, 0, 0, 0], 0))]
         } else {
             cfg.udp_addrs.clone()
         };
-        let pc = builder.with_udp_addrs(addrs).build().await?;
-        Ok(Arc::new(Link {
-            pc: Arc::new(pc),
-            remote: remote.to_owned(),
-            client: client.clone(),
-            early_candidates: Mutex::default(),
-            remote_set: AtomicBool::new(false),
-            remote_has_data: AtomicBool::new(false),
-        }))
+        Ok(builder.with_udp_addrs(addrs).build().await?)
     }
 
     /// Creates and sends an offer (first negotiation or renegotiation).

@@ -2,9 +2,15 @@
 //!
 //! The promise is byte-for-byte: every frame written equals the frame the source
 //! read from its file, starting at the first keyframe received. So a frame is
-//! written only when all of its packets arrived in sequence, and after any loss
-//! nothing is written until the next keyframe, because the frames in between would
+//! written only when all of its packets are in, and after a loss nothing is
+//! written until the next keyframe, because the frames in between would
 //! reference a picture the recording does not have.
+//!
+//! Packets pass through a [`Reorder`] buffer first: a lost packet repaired by
+//! NACK arrives late, after its successors, and fills its hole there instead
+//! of costing the rest of the group of pictures. Only a hole that stays open
+//! past [`REORDER_WAIT`] (or with more than [`REORDER_PACKETS`] behind it)
+//! counts as a loss.
 //!
 //! For AV1 "byte-for-byte" holds for temporal units as encoders write them (a
 //! temporal delimiter first, every OBU with a minimal size field, no padding OBUs):
@@ -31,6 +37,7 @@ use rtc::rtp::packet::Packet;
 use rtc::rtp::packetizer::Depacketizer;
 
 use crate::media::{read_leb128, Codec};
+use crate::reorder::{Released, Reorder};
 
 /// IVF timestamps are in this clock, the RTP video clock, so no conversion rounds.
 const TIMEBASE_DENOMINATOR: u32 = 90_000;
@@ -42,6 +49,14 @@ const AV1_TEMPORAL_DELIMITER: [u8; 2] = [0x12, 0x00];
 /// a sender that never sets the marker bit or changes timestamp from growing the
 /// buffer without bound.
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
+/// How long a hole in the sequence may wait for its retransmission. A
+/// repair takes a NACK interval (100 ms) and a round trip per hop, again if
+/// the NACK or the repair is lost too: a second covers several rounds over
+/// two hops, and a recording can afford the wait.
+pub const REORDER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Packets held behind one hole at most: about 2 s of the sample, 0.2 s of
+/// 5 Mbit/s video.
+pub const REORDER_PACKETS: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -76,7 +91,7 @@ pub struct IvfRecorder {
     frames_written: u64,
     frames_dropped: u64,
     ssrc: Option<u32>,
-    expected_sequence: Option<u16>,
+    reorder: Reorder,
     frame: Option<PartialFrame>,
     waiting_for_keyframe: bool,
     /// (RTP timestamp, IVF timestamp) of the last frame written.
@@ -117,7 +132,7 @@ impl IvfRecorder {
             frames_written: 0,
             frames_dropped: 0,
             ssrc: None,
-            expected_sequence: None,
+            reorder: Reorder::new(REORDER_WAIT, REORDER_PACKETS),
             frame: None,
             waiting_for_keyframe: true,
             last_written: None,
@@ -156,33 +171,81 @@ impl IvfRecorder {
         self.frames_dropped
     }
 
-    /// Takes the track's next RTP packet, in arrival order. Returns the frame it
-    /// completed and wrote, if any (if one packet completes two frames, which only
-    /// happens when a sender omits marker bits, the later one).
+    /// Takes the track's next RTP packet, in arrival order, now. Returns the
+    /// frames written as a result, in order (none while packets wait behind a
+    /// hole; several when a late packet fills one).
     ///
-    /// Duplicates and packets older than ones already seen (late retransmissions) are
-    /// ignored; a gap in sequence numbers, a new SSRC, a payload the codec's
-    /// depacketizer rejects, or a frame over [`MAX_FRAME_BYTES`] drops the frame in
-    /// progress and everything up to the next keyframe. There is no reordering
-    /// buffer: a packet that arrives out of order counts as a loss.
-    pub fn push(&mut self, packet: &Packet) -> Result<Option<FrameInfo>, RecordError> {
-        let header = &packet.header;
-        if self.ssrc.is_some_and(|s| s != header.ssrc) {
-            self.lose("SSRC changed");
-            self.expected_sequence = None;
-        }
-        self.ssrc = Some(header.ssrc);
-        if let Some(expected) = self.expected_sequence {
-            let ahead = header.sequence_number.wrapping_sub(expected) as i16;
-            if ahead < 0 {
-                return Ok(None);
-            }
-            if ahead > 0 {
-                self.lose("packets lost");
-            }
-        }
-        self.expected_sequence = Some(header.sequence_number.wrapping_add(1));
+    /// Duplicates and packets older than the reorder window are ignored; a
+    /// hole that stays open past [`REORDER_WAIT`], a new SSRC, a payload the
+    /// codec's depacketizer rejects, or a frame over [`MAX_FRAME_BYTES`] drops
+    /// the frame in progress and everything up to the next keyframe.
+    pub fn push(&mut self, packet: &Packet) -> Result<Vec<FrameInfo>, RecordError> {
+        self.push_at(packet, std::time::Instant::now())
+    }
 
+    /// [`IvfRecorder::push`] with the arrival time given.
+    pub fn push_at(
+        &mut self,
+        packet: &Packet,
+        now: std::time::Instant,
+    ) -> Result<Vec<FrameInfo>, RecordError> {
+        let ssrc = packet.header.ssrc;
+        let mut written = Vec::new();
+        if self.ssrc.is_some_and(|s| s != ssrc) {
+            // What waits belongs to the old stream: write what it completes.
+            let held = self.reorder.poll(now + REORDER_WAIT);
+            self.take(held, &mut written)?;
+            self.reorder.reset();
+            self.lose("SSRC changed");
+        }
+        self.ssrc = Some(ssrc);
+        let released = self.reorder.push(packet.clone(), now);
+        self.take(released, &mut written)?;
+        Ok(written)
+    }
+
+    /// Gives up on a hole that waited too long; call by
+    /// [`IvfRecorder::deadline`] when no packets come to do it.
+    pub fn poll(&mut self, now: std::time::Instant) -> Result<Vec<FrameInfo>, RecordError> {
+        let mut written = Vec::new();
+        let released = self.reorder.poll(now);
+        self.take(released, &mut written)?;
+        Ok(written)
+    }
+
+    /// When [`IvfRecorder::poll`] is due (None: no packet waits).
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.reorder.deadline()
+    }
+
+    fn take(
+        &mut self,
+        released: Vec<Released>,
+        written: &mut Vec<FrameInfo>,
+    ) -> Result<(), RecordError> {
+        for r in released {
+            match r {
+                Released::Packet(p) => written.extend(self.push_in_order(&p)?),
+                Released::Gap(n) => {
+                    // Repairs did not come in time: the recording has a hole
+                    // until the next keyframe, which an operator should hear of.
+                    tracing::info!(
+                        path = %self.path.display(),
+                        "{n} packets never arrived within {} ms; the recording resumes at the \
+                         next keyframe",
+                        REORDER_WAIT.as_millis()
+                    );
+                    self.lose("packets lost");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One packet, the next in sequence after the one before (or after a
+    /// reported gap).
+    fn push_in_order(&mut self, packet: &Packet) -> Result<Option<FrameInfo>, RecordError> {
+        let header = &packet.header;
         let mut written = None;
         if self
             .frame
@@ -240,6 +303,13 @@ impl IvfRecorder {
     }
 
     fn finalize(&mut self) -> Result<(), RecordError> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        // Whatever waits behind a hole that will never fill now.
+        let far = std::time::Instant::now() + REORDER_WAIT;
+        let held = self.reorder.poll(far);
+        self.take(held, &mut Vec::new())?;
         let Some(mut file) = self.file.take() else {
             return Ok(());
         };

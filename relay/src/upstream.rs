@@ -10,11 +10,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
 
 use crate::forward::{ChannelSpec, DataMsg, Forwarded, Hub, TrackHub, TrackSpec};
 use crate::media::Codec;
-use crate::peer::Link;
+use crate::peer::{Link, TrackPackets};
 use crate::RelayError;
 
 pub struct Upstream {
@@ -63,9 +63,10 @@ impl Upstream {
         }
     }
 
-    /// A track from the parent (its first packet just arrived): read it into
-    /// the hub's track of the same id. Returns that track.
-    pub async fn on_track(
+    /// A track from the parent (its first packet just arrived): the hub's
+    /// track of the same id, which it will feed once [`Upstream::start`]ed.
+    /// Legs added in between (the recorder) miss nothing.
+    pub async fn attach(
         &mut self,
         hub: &Hub,
         track: Arc<dyn TrackRemote>,
@@ -101,32 +102,28 @@ impl Upstream {
             spec.stream_id
         );
         let hub_track = hub.track(spec);
-        hub_track.set_upstream(Some((track.clone(), ssrc)));
-        let t = hub_track.clone();
+        hub_track.set_upstream(Some((track, ssrc)));
+        Ok(hub_track)
+    }
+
+    /// Feeds `hub_track` with the packets its parent's track delivers.
+    pub fn start(&mut self, hub_track: Arc<TrackHub>, mut packets: TrackPackets) {
         let activity = self.activity.clone();
         let parent = self.link.remote.clone();
         self.readers.push(tokio::spawn(async move {
-            while let Some(ev) = track.poll().await {
-                match ev {
-                    TrackRemoteEvent::OnRtpPacket(p) => {
-                        if activity.touch() {
-                            info!(
-                                parent = %parent,
-                                "media from the parent {} ms after its offer",
-                                activity.opened.elapsed().as_millis()
-                            );
-                        }
-                        let fate = t.forward(&p);
-                        if fate == Forwarded::AwaitingKeyframe {
-                            t.request_keyframe().await;
-                        }
-                    }
-                    TrackRemoteEvent::OnEnded => break,
-                    _ => {}
+            while let Some(p) = packets.recv().await {
+                if activity.touch() {
+                    info!(
+                        parent = %parent,
+                        "media from the parent {} ms after its offer",
+                        activity.opened.elapsed().as_millis()
+                    );
+                }
+                if hub_track.forward(&p) == Forwarded::AwaitingKeyframe {
+                    hub_track.request_keyframe().await;
                 }
             }
         }));
-        Ok(hub_track)
     }
 
     /// A data channel the parent opened: its messages go to the hub's channel

@@ -657,7 +657,7 @@ fn record(
     let mut rec = IvfRecorder::create(&path, codec).unwrap();
     let mut reported = 0;
     for p in packets {
-        if let Some(info) = rec.push(&p).unwrap() {
+        for info in rec.push(&p).unwrap() {
             assert_eq!(info.index, reported);
             reported += 1;
         }

@@ -2,6 +2,8 @@
 //! `Page` is its own browser process with its own profile, loading the
 //! signalling server's watch page and read through `window.watch`.
 
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -34,15 +36,31 @@ const SWITCHES: &[&str] = &[
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--allow-loopback-in-peer-connection",
-    // Chromium takes only the last --disable-features: keep every one here.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream=fps=30",
     "--autoplay-policy=no-user-gesture-required",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
     "--window-size=800,600",
 ];
+
+/// On loopback: host candidates visible (no mDNS names, so no multicast
+/// leaves the machine) and loopback allowed for peer connections.
+const LOOPBACK_SWITCHES: &[&str] = &[
+    "--allow-loopback-in-peer-connection",
+    // Chromium takes only the last --disable-features: keep every one here.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+];
+
+/// Where a page's browser runs and how it shows itself to peers.
+#[derive(Clone, Debug, Default)]
+pub struct Where {
+    /// A lab host's network namespace (tests/netlab); None: this machine,
+    /// on loopback.
+    pub netns: Option<String>,
+    /// The address pages are loaded from inside the namespace: made a secure
+    /// context (camera access) and exempt from the resolver rule.
+    pub origin: Option<String>,
+}
 
 fn in_path(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -98,6 +116,7 @@ pub struct Chrome {
     chromium: PathBuf,
     profiles: PathBuf,
     pages: AtomicUsize,
+    scratch: PathBuf,
 }
 
 impl Chrome {
@@ -122,6 +141,7 @@ impl Chrome {
             chromium: chromium.to_owned(),
             profiles: scratch.path("profiles"),
             pages: AtomicUsize::new(0),
+            scratch: scratch.0.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -136,16 +156,48 @@ impl Chrome {
 
     /// A new browser showing `url`, once its page has loaded.
     pub async fn page(&self, name: &str, url: &str) -> Page {
+        self.page_at(name, url, &Where::default()).await
+    }
+
+    /// A new browser at `at`. In a lab host, as viewers are in the wild:
+    /// Chromium's default mDNS hiding of local addresses stays on.
+    /// chromedriver stays in this machine's namespace and drives the browser
+    /// over a pipe (`--remote-debugging-pipe`), which needs no network
+    /// between them.
+    pub async fn page_at(&self, name: &str, url: &str, at: &Where) -> Page {
         let n = self.pages.fetch_add(1, Ordering::Relaxed);
         let profile = self.profiles.join(format!("{n}-{name}"));
         std::fs::create_dir_all(&profile).expect("profile dir");
         let mut args: Vec<String> = SWITCHES.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        let binary = match (&at.netns, &at.origin) {
+            (Some(ns), origin) => {
+                args.push("--remote-debugging-pipe".into());
+                if let Some(origin) = origin {
+                    let host = origin
+                        .trim_start_matches("http://")
+                        .split(':')
+                        .next()
+                        .unwrap_or_default();
+                    args.push(format!(
+                        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE {host}"
+                    ));
+                    args.push(format!(
+                        "--unsafely-treat-insecure-origin-as-secure={origin}"
+                    ));
+                }
+                self.wrapper(ns)
+            }
+            (None, _) => {
+                args.extend(LOOPBACK_SWITCHES.iter().map(|s| s.to_string()));
+                self.chromium.clone()
+            }
+        };
         let mut caps = Capabilities::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert(
             "goog:chromeOptions".into(),
-            json!({ "binary": self.chromium, "args": args }),
+            json!({ "binary": binary, "args": args }),
         );
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps)
@@ -160,6 +212,23 @@ impl Chrome {
             client,
             name: name.to_owned(),
         }
+    }
+}
+
+impl Chrome {
+    /// A script that starts Chromium inside `ns`: chromedriver runs it as
+    /// the browser binary.
+    fn wrapper(&self, ns: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.scratch.join(format!("chromium-in-{ns}.sh"));
+        let script = format!(
+            "#!/bin/sh\nexec ip netns exec {ns} {} \"$@\"\n",
+            self.chromium.display()
+        );
+        std::fs::write(&path, script).expect("write the Chromium wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("make the wrapper executable");
+        path
     }
 }
 
@@ -184,6 +253,14 @@ pub struct PageState {
     pub frame_height: u32,
     /// Upstream connections opened so far.
     pub upstreams: u32,
+    pub freeze_count: u64,
+    /// Seconds of playback frozen (W3C webrtc-stats).
+    pub total_freezes_duration: f64,
+    pub packets_lost: i64,
+    pub nack_count: u64,
+    pub retransmitted_packets_received: u64,
+    /// Milliseconds from page load to the first frame shown.
+    pub first_frame_ms: Option<f64>,
 }
 
 pub struct Page {

@@ -54,19 +54,26 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(scratch: &Scratch, name: &str, args: &[&str], stdin: bool) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env(
+            "RUST_LOG",
+            "warn,peer_tree_relay=info,relay=info,signalling=info",
+        );
+        Proc::spawn_command(scratch, name, cmd, stdin)
+    }
+
+    /// Any command (the binary inside a lab host, a browser, a TURN server),
+    /// with the same care: stderr to `<name>.log`, stdout lines to a channel,
+    /// killed on drop.
+    pub fn spawn_command(scratch: &Scratch, name: &str, mut cmd: Command, stdin: bool) -> Proc {
         let log = scratch.path(&format!("{name}.log"));
         let err = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                "warn,peer_tree_relay=info,relay=info,signalling=info",
-            )
+        let mut child = cmd
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
-            .expect("spawn peer-tree-relay");
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -385,4 +392,110 @@ pub fn parent_in(snapshot: &serde_json::Value, peer: &str) -> Option<String> {
         .find(|n| n["peer"] == peer)?["parent"]
         .as_str()
         .map(str::to_owned)
+}
+
+/// How much of a looping source's stream a recording holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    /// Source frames from the recording's first to its last, loops unwrapped.
+    pub span: usize,
+    /// Distinct source frames of that span the recording holds.
+    pub held: usize,
+    /// Recorded frames that repeat one already held.
+    pub repeated: usize,
+}
+
+impl Coverage {
+    pub fn percent(&self) -> f64 {
+        if self.span == 0 {
+            return 0.0;
+        }
+        100.0 * self.held as f64 / self.span as f64
+    }
+}
+
+/// The share of the source frames in a recording's span that it holds. Each
+/// recorded frame must be one of the file's, byte for byte; a looping source
+/// repeats the file, so positions are unwrapped by walking forward from
+/// frame to frame (a jump of more than half the file forward is taken as a
+/// jump back, which fails).
+pub fn coverage(recorded: &[Vec<u8>], file: &[relay::source::Frame], what: &str) -> Coverage {
+    use std::collections::{HashMap, HashSet};
+    let index: HashMap<&[u8], usize> = file
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (&f.data[..], i))
+        .collect();
+    assert_eq!(index.len(), file.len(), "{what}: the file repeats a frame");
+    let n = file.len();
+    let mut position: Option<(usize, usize)> = None; // (unwrapped, file index)
+    let mut first = 0;
+    let mut seen = HashSet::new();
+    let mut repeated = 0;
+    for (k, f) in recorded.iter().enumerate() {
+        let i = *index
+            .get(&f[..])
+            .unwrap_or_else(|| panic!("{what}: recorded frame {k} is not one of the file's"));
+        let u = match position {
+            None => {
+                first = i;
+                i
+            }
+            Some((u, at)) => {
+                let ahead = (i + n - at) % n;
+                assert!(
+                    ahead <= n / 2,
+                    "{what}: recorded frame {k} (file frame {i}) jumps back from file frame {at}"
+                );
+                u + ahead
+            }
+        };
+        if !seen.insert(u) {
+            repeated += 1;
+        }
+        position = Some((u, i));
+    }
+    let span = position.map_or(0, |(u, _)| u - first + 1);
+    Coverage {
+        span,
+        held: seen.len(),
+        repeated,
+    }
+}
+
+/// Decodes every frame of an IVF file with ffprobe: (codec, width, height,
+/// frames decoded). Any decoding error fails the test.
+pub fn decode_with_ffmpeg(path: &std::path::Path) -> (String, u32, u32, u64) {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "ffprobe {}: {stderr}",
+        path.display()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let st = &v["streams"][0];
+    (
+        st["codec_name"].as_str().unwrap_or_default().to_owned(),
+        st["width"].as_u64().unwrap_or_default() as u32,
+        st["height"].as_u64().unwrap_or_default() as u32,
+        st["nb_read_frames"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_default(),
+    )
 }
