@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use signalling::client::JoinOptions;
-use signalling::protocol::{ErrorCode, Event, Role};
-use signalling::server::{ServerConfig, TokenKey};
+use signalling::protocol::{ErrorCode, Event, IceServer, Role};
+use signalling::server::{parse_ice_url, ServerConfig, TokenKey, TurnRest};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The seed's own scenario: k1 = 4, k = 2, 30 peers. Rule 3 gives exact
@@ -854,3 +854,57 @@ async fn leave_replaces_children_and_source_leave_closes_the_tree() {
     assert_eq!(status, 404);
 }
 
+/// `hello` carries the ICE servers as configured, credentials beside the
+/// URL rather than in it; a TURN server without static credentials gets
+/// ones made for this very connection from the shared secret.
+#[tokio::test]
+async fn hello_carries_static_and_per_connection_turn_credentials() {
+    let ttl = Duration::from_secs(600);
+    let urls = [
+        "stun:stun.example.org:3478",
+        "turn:alice:s%40cret@turn.example.org:3478",
+        "turns:turn.example.org:5349?transport=tcp",
+    ];
+    let srv = start(ServerConfig {
+        ice_servers: urls.iter().map(|u| parse_ice_url(u).unwrap()).collect(),
+        turn_rest: Some(TurnRest::new(b"north-wind", ttl).unwrap()),
+        ..cfg(2, 2)
+    })
+    .await;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"north-wind");
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let mut usernames = Vec::new();
+    for _ in 0..2 {
+        let before = SystemTime::now();
+        let p = Peer::connect(&srv).await;
+        let after = SystemTime::now();
+        let hello = p.client.hello();
+        let ice = &hello.ice_servers;
+        assert_eq!(ice.len(), 3, "{ice:?}");
+        let plain = |url: &str, user: Option<&str>, cred: Option<&str>| IceServer {
+            urls: vec![url.to_owned()],
+            username: user.map(str::to_owned),
+            credential: cred.map(str::to_owned),
+        };
+        assert_eq!(ice[0], plain("stun:stun.example.org:3478", None, None));
+        assert_eq!(
+            ice[1],
+            plain("turn:turn.example.org:3478", Some("alice"), Some("s@cret"))
+        );
+        assert_eq!(ice[2].urls, ["turns:turn.example.org:5349?transport=tcp"]);
+        let user = ice[2].username.clone().expect("a username");
+        let (expiry, peer) = user.split_once(':').expect("expiry:peer");
+        assert_eq!(peer, hello.peer, "the username names this connection");
+        let expiry: u64 = expiry.parse().expect("unix seconds");
+        assert!(
+            (secs(before) + 600..=secs(after) + 600).contains(&expiry),
+            "expiry {expiry} is not now + 600 s"
+        );
+        let cred = ice[2].credential.as_deref().expect("a credential");
+        let tag = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, cred)
+            .expect("standard base64");
+        ring::hmac::verify(&key, user.as_bytes(), &tag).expect("HMAC-SHA1 of the username");
+        usernames.push(user);
+    }
+    assert_ne!(usernames[0], usernames[1], "each connection its own");
+}
