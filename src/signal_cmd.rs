@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use signalling::protocol::IceServer;
-use signalling::server::{self, ServerConfig, TlsIdentity, TokenKey, DEFAULT_MAX_CONNS_PER_IP};
+use signalling::server::{
+    self, lacks_credentials, parse_ice_url, ServerConfig, TlsIdentity, TokenKey, TurnRest,
+    DEFAULT_MAX_CONNS_PER_IP,
+};
 use tracing::info;
 
 use crate::shutdown_signal;
@@ -24,10 +27,28 @@ pub struct SignalArgs {
     /// Most children a tree's source may accept.
     #[arg(long, default_value_t = 10)]
     k1: u32,
-    /// ICE server URL handed to every peer in `hello` (repeatable), e.g.
-    /// stun:stun.example.org:3478.
+    /// ICE server handed to every peer in `hello` (repeatable). Forms:
+    /// stun:HOST[:PORT] (also stuns:), and
+    /// turn:[USER:CREDENTIAL@]HOST[:PORT][?transport=udp|tcp] (also turns:),
+    /// e.g. turn:alice:s3cret@turn.example.org:3478. USER and CREDENTIAL are
+    /// the TURN server's static credentials, percent-encoded (@ as %40, % as
+    /// %25, : in USER as %3A); peers get the URL without them and the two
+    /// beside it. A turn: URL without USER:CREDENTIAL@ needs
+    /// --turn-secret-file, which makes credentials for each connection.
     #[arg(long = "ice-server", value_name = "URL")]
     ice_servers: Vec<String>,
+    /// The secret shared with the TURN server (coturn: use-auth-secret and
+    /// static-auth-secret=SECRET), as the only text in FILE; a trailing
+    /// newline is ignored. Every turn: URL given without credentials then
+    /// reaches each connection with short-lived credentials of its own:
+    /// username EXPIRY:PEER_ID (EXPIRY in Unix seconds, now + --turn-ttl),
+    /// credential base64(HMAC-SHA1(SECRET, username)).
+    #[arg(long, value_name = "FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// How long the credentials made with --turn-secret-file stay valid,
+    /// counted from the peer's connection (e.g. 12h, 90m).
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    turn_ttl: Duration,
     /// How often every connection is pinged; two missed intervals remove it.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     ping_interval: Duration,
@@ -89,14 +110,12 @@ impl SignalArgs {
         if self.max_message < 1024 {
             bail!("--max-message must be at least 1024 bytes: SDP offers are larger than that");
         }
-        for url in &self.ice_servers {
-            if !["stun:", "stuns:", "turn:", "turns:"]
-                .iter()
-                .any(|p| url.starts_with(p))
-            {
-                bail!("--ice-server {url:?} must start with stun:, stuns:, turn: or turns:");
-            }
-        }
+        let ice_servers = self
+            .ice_servers
+            .iter()
+            .map(|url| parse_ice_url(url).context("--ice-server"))
+            .collect::<Result<Vec<_>>>()?;
+        let turn_rest = self.turn_rest(&ice_servers)?;
         let allowed_origins = self
             .allowed_origins
             .iter()
@@ -115,15 +134,8 @@ impl SignalArgs {
         Ok(ServerConfig {
             k: self.k,
             k1: self.k1,
-            ice_servers: self
-                .ice_servers
-                .iter()
-                .map(|u| IceServer {
-                    urls: vec![u.clone()],
-                    username: None,
-                    credential: None,
-                })
-                .collect(),
+            ice_servers,
+            turn_rest,
             ping_interval: self.ping_interval,
             grace: self.grace,
             max_message: self.max_message,
@@ -134,6 +146,35 @@ impl SignalArgs {
             token_key,
             ..ServerConfig::default()
         })
+    }
+
+    /// The secret for TURN servers listed without credentials. Either both
+    /// or neither: a TURN server refuses peers without credentials, and a
+    /// secret with no server to use it on is a forgotten --ice-server.
+    fn turn_rest(&self, ice_servers: &[IceServer]) -> Result<Option<TurnRest>> {
+        let bare = ice_servers.iter().find(|s| lacks_credentials(s));
+        match (&self.turn_secret_file, bare) {
+            (Some(path), Some(_)) => {
+                if self.turn_ttl.is_zero() {
+                    bail!("--turn-ttl must be more than 0 (for example 12h)");
+                }
+                let rest = TurnRest::from_file(path, self.turn_ttl)
+                    .with_context(|| format!("--turn-secret-file {}", path.display()))?;
+                Ok(Some(rest))
+            }
+            (Some(_), None) => bail!(
+                "--turn-secret-file makes credentials for --ice-server turn: URLs given \
+                 without them, and there is none: add one, e.g. \
+                 --ice-server turn:turn.example.org:3478"
+            ),
+            (None, Some(s)) => bail!(
+                "--ice-server {} has no credentials, and a TURN server refuses peers without \
+                 them: write them in the URL (turn:USER:CREDENTIAL@HOST:PORT) or give \
+                 --turn-secret-file FILE holding the TURN server's static-auth-secret",
+                s.urls.join(" ")
+            ),
+            (None, None) => Ok(None),
+        }
     }
 }
 
@@ -187,7 +228,73 @@ pub async fn run(args: SignalArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::origin;
+    use clap::Parser;
+
+    use super::{origin, SignalArgs};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SignalArgs,
+    }
+
+    fn config(flags: &[&str]) -> anyhow::Result<signalling::server::ServerConfig> {
+        let argv = std::iter::once("signal").chain(flags.iter().copied());
+        Cli::try_parse_from(argv)?.args.config()
+    }
+
+    fn error(flags: &[&str]) -> String {
+        format!("{:#}", config(flags).expect_err("refused"))
+    }
+
+    #[test]
+    fn turn_servers_need_credentials_in_the_url_or_a_secret() {
+        let e = error(&["--ice-server", "turn:turn.example.org:3478"]);
+        assert!(
+            e.contains("--turn-secret-file") && e.contains("USER:CREDENTIAL"),
+            "{e}"
+        );
+        let cfg = config(&["--ice-server", "turn:alice:pa%24s@turn.example.org"]).unwrap();
+        assert_eq!(cfg.ice_servers[0].urls, ["turn:turn.example.org"]);
+        assert_eq!(cfg.ice_servers[0].credential.as_deref(), Some("pa$s"));
+        assert!(cfg.turn_rest.is_none());
+
+        let dir = std::env::temp_dir().join(format!("ptr-signal-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("turn-secret");
+        std::fs::write(&secret, "north-wind\n").unwrap();
+        let secret = secret.to_str().unwrap();
+        let cfg = config(&[
+            "--ice-server",
+            "turn:turn.example.org",
+            "--turn-secret-file",
+            secret,
+            "--turn-ttl",
+            "30m",
+        ])
+        .unwrap();
+        let rest = cfg.turn_rest.expect("secret kept");
+        assert_eq!(rest.ttl(), std::time::Duration::from_secs(1800));
+        let e = error(&[
+            "--ice-server",
+            "stun:stun.example.org",
+            "--turn-secret-file",
+            secret,
+        ]);
+        assert!(e.contains("there is none"), "{e}");
+        let e = error(&["--ice-server", "stun:u:p@stun.example.org"]);
+        assert!(e.contains("--ice-server") && !e.contains(":p@"), "{e}");
+        std::fs::write(dir.join("empty"), "").unwrap();
+        let empty = dir.join("empty");
+        let e = error(&[
+            "--ice-server",
+            "turns:turn.example.org",
+            "--turn-secret-file",
+            empty.to_str().unwrap(),
+        ]);
+        assert!(e.contains("empty"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn origins_are_checked_and_normalised() {

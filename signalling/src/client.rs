@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::Connector;
 
 use crate::protocol::{
-    Create, Created, ErrorMsg, Event, Hello, Join, Joined, Parent, Reclaim, Request, Role,
+    Create, Created, ErrorMsg, Event, Hello, Join, Joined, Parent, Reach, Reclaim, Request, Role,
     SignalTo, Stats,
 };
 
@@ -176,6 +176,17 @@ impl Default for ClientOptions {
             ca_cert: None,
         }
     }
+}
+
+/// What a `join` asks for besides the tree, for [`Client::join_with`].
+/// `Default` is a plain peer with the server's `k`, directly reachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// The most children this peer accepts; `None`: the server's `k`.
+    pub k: Option<u32>,
+    pub role: Option<Role>,
+    /// Only a TURN relay reaches this peer (rule 8): it is placed as a leaf.
+    pub relayed: bool,
 }
 
 /// A connection to the signalling server. Cheap to clone; all clones share
@@ -357,10 +368,22 @@ impl Client {
         k: Option<u32>,
         role: Option<Role>,
     ) -> Result<Joined, ClientError> {
-        let req = Request::Join(Join {
-            tree: tree.to_owned(),
+        let opts = JoinOptions {
             k,
             role,
+            ..JoinOptions::default()
+        };
+        self.join_with(tree, opts).await
+    }
+
+    /// [`Client::join`] with every field of the request, `relayed` included.
+    pub async fn join_with(&self, tree: &str, opts: JoinOptions) -> Result<Joined, ClientError> {
+        let req = Request::Join(Join {
+            tree: tree.to_owned(),
+            k: opts.k,
+            role: opts.role,
+            // Only when true: a plain join stays what it was on the wire.
+            relayed: opts.relayed.then_some(true),
         });
         match self.request(req, Awaits::Join).await? {
             Event::Joined(j) => Ok(j),
@@ -414,6 +437,14 @@ impl Client {
 
     pub fn stats(&self, stats: Stats) -> Result<(), ClientError> {
         self.send(&Request::Stats(stats))
+    }
+
+    /// Tells the server whether only a TURN relay reaches this peer (rule
+    /// 8). There is no reply: on `true` this peer's children go elsewhere
+    /// (`child-gone` for each arrives on the event stream), on `false` it
+    /// may be given children again. A refusal arrives on the event stream.
+    pub fn reach(&self, relayed: bool) -> Result<(), ClientError> {
+        self.send(&Request::Reach(Reach { relayed }))
     }
 
     /// Sends one text frame as is: for tools and tests that must speak

@@ -193,6 +193,10 @@ pub struct Join {
     pub k: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// Reachable only through a TURN relay (rule 8): placed as a leaf.
+    /// Absent means false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<bool>,
 }
 
 /// `signal` as sent by a peer. `data` stays raw JSON text: the server only
@@ -211,6 +215,13 @@ pub struct Reclaim {
     /// restarted): an extension of protocol v1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<u32>,
+}
+
+/// A member's reachability changed (rule 8): `relayed` when only a TURN
+/// relay reaches it, so it must not have children.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    pub relayed: bool,
 }
 
 /// Optional counters a peer reports for the dashboard; unknown fields are kept.
@@ -237,10 +248,11 @@ pub enum Request {
     Leave,
     Reclaim(Reclaim),
     Stats(Stats),
+    Reach(Reach),
 }
 
 /// The `type` strings of requests, as `'static` so errors can name them.
-pub const REQUEST_TYPES: [&str; 7] = [
+pub const REQUEST_TYPES: [&str; 8] = [
     "create",
     "join",
     "signal",
@@ -248,6 +260,7 @@ pub const REQUEST_TYPES: [&str; 7] = [
     "leave",
     "reclaim",
     "stats",
+    "reach",
 ];
 
 impl Request {
@@ -260,6 +273,7 @@ impl Request {
             Request::Leave => "leave",
             Request::Reclaim(_) => "reclaim",
             Request::Stats(_) => "stats",
+            Request::Reach(_) => "reach",
         }
     }
 
@@ -282,6 +296,7 @@ impl Request {
             "reconnect" => Request::Reconnect,
             "leave" => Request::Leave,
             "reclaim" => Request::Reclaim(fields(bytes, re)?),
+            "reach" => Request::Reach(fields(bytes, re)?),
             _ => {
                 let mut stats: Stats = fields(bytes, re)?;
                 // `flatten` collects every field it does not name, the tag too.
@@ -301,6 +316,7 @@ impl Request {
             Request::Signal(m) => tagged(ty, m),
             Request::Reclaim(m) => tagged(ty, m),
             Request::Stats(m) => tagged(ty, m),
+            Request::Reach(m) => tagged(ty, m),
             Request::Reconnect | Request::Leave => tagged(ty, &Empty {}),
         }
     }
@@ -566,6 +582,25 @@ mod tests {
     }
 
     #[test]
+    fn reach_needs_a_boolean() {
+        for bad in [
+            r#"{"type":"reach"}"#,
+            r#"{"type":"reach","relayed":null}"#,
+            r#"{"type":"reach","relayed":1}"#,
+            r#"{"type":"reach","relayed":"true"}"#,
+            r#"{"type":"join","tree":"t","relayed":"yes"}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadRequest, "{bad}");
+        }
+        let r = Request::parse(br#"{"type":"reach","relayed":true}"#).unwrap();
+        assert!(matches!(r, Request::Reach(Reach { relayed: true })));
+        let Request::Join(j) = Request::parse(br#"{"type":"join","tree":"t"}"#).unwrap() else {
+            panic!("not a join")
+        };
+        assert_eq!(j.relayed, None, "absent: not relayed");
+    }
+
+    #[test]
     fn error_names_the_request() {
         let e = Request::parse(br#"{"type":"join","tree":7}"#).unwrap_err();
         assert_eq!(e.re, Some("join"));
@@ -630,6 +665,8 @@ mod tests {
             r#"{"type":"leave"}"#,
             r#"{"type":"reclaim","tree":"t","token":"s"}"#,
             r#"{"type":"stats","rx_bps":1.5,"extra":"x"}"#,
+            r#"{"type":"join","tree":"t","relayed":true}"#,
+            r#"{"type":"reach","relayed":false}"#,
         ];
         for r in reqs {
             assert_eq!(Request::parse(r.as_bytes()).unwrap().to_json(), r);

@@ -9,15 +9,17 @@
 //! memory or delay anyone else.
 
 mod guard;
+mod ice;
 mod metrics;
 mod registry;
+mod turn;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -43,9 +45,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::protocol::{ErrorCode, Event, Hello, IceServer, ProtocolError, Request, VERSION};
 use guard::{Guarded, FIRST_REQUEST_DEADLINE};
+pub use ice::{lacks_credentials, parse_ice_url, IceUrlError, IceUrlProblem};
 use metrics::{Metrics, Refusal};
 pub use registry::TokenKey;
 use registry::{Effects, PeerId, Registry};
+pub use turn::{TurnConfigError, TurnRest};
 
 /// The server's limits and caps; every field is a command-line flag of
 /// `peer-tree-relay signal`.
@@ -55,7 +59,13 @@ pub struct ServerConfig {
     pub k: u32,
     /// Most children a source may have.
     pub k1: u32,
+    /// Sent in every `hello` (see [`parse_ice_url`] for the command line's
+    /// forms). A TURN entry without credentials gets per-connection ones
+    /// made with `turn_rest`, or goes out as it is when that is `None`.
     pub ice_servers: Vec<IceServer>,
+    /// The secret shared with the TURN servers in `ice_servers` that have
+    /// no static credentials.
+    pub turn_rest: Option<TurnRest>,
     pub ping_interval: Duration,
     /// How long a tree whose source died waits for `reclaim`.
     pub grace: Duration,
@@ -89,6 +99,7 @@ impl Default for ServerConfig {
             k: 4,
             k1: 10,
             ice_servers: Vec::new(),
+            turn_rest: None,
             ping_interval: Duration::from_secs(5),
             grace: Duration::from_secs(15),
             max_message: 64 * 1024,
@@ -459,7 +470,12 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
         peer: peer.to_string(),
         k: cfg.k,
         k1: cfg.k1,
-        ice_servers: cfg.ice_servers.clone(),
+        ice_servers: turn::ice_servers_for(
+            &cfg.ice_servers,
+            cfg.turn_rest.as_ref(),
+            &peer,
+            SystemTime::now(),
+        ),
     }));
     shared.registry().connect(peer.clone(), me.clone());
     debug!(peer = %peer, "connected");

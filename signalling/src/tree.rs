@@ -1,4 +1,5 @@
-//! The placement model: which peer is whose parent (PROTOCOL.md rules 3-5).
+//! The placement model: which peer is whose parent (PROTOCOL.md rules 3-5
+//! and 8).
 //!
 //! A pure data structure: no I/O, no async, no sockets. The server owns one
 //! [`Tree`] per broadcast and turns the results of its calls ([`Joined`],
@@ -21,7 +22,8 @@
 //! nodes on the two root paths involved, never the subtree's interior. The
 //! root's summary is the answer to "where would a newcomer go" in O(1), and a
 //! detached subtree drops out of the root's summary by itself, which is what
-//! makes "never under its own subtree" free.
+//! makes "never under its own subtree" free. A relayed node (rule 8) simply
+//! offers no slot of its own, so no placement can choose it.
 //!
 //! After a change at node `x`, the summaries from `x` up to the root are
 //! recomputed, each from the node's own state and its at most `k` children's
@@ -67,8 +69,9 @@ pub enum TreeError {
     /// The id was never issued by this tree, or its node has left.
     #[error("no such node in the tree")]
     NoSuchNode,
-    /// The root (the source) cannot leave or change its parent.
-    #[error("the root cannot be removed or moved")]
+    /// The root (the source) cannot leave, change its parent or be relayed
+    /// (rule 8: every member's media comes through it).
+    #[error("the root cannot be removed, moved or relayed")]
     IsRoot,
 }
 
@@ -93,7 +96,20 @@ pub struct Moved {
     pub depth: u32,
 }
 
-/// Result of [`Tree::remove`].
+/// What a newcomer brings to the tree: the inputs of rules 3, 4 and 8.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Newcomer {
+    /// Its `k`, already capped by the server's `k`.
+    pub capacity: u32,
+    /// A headless relay: wins rule 3's ties and may take a leaf's place (rule 4).
+    pub relay: bool,
+    /// Reachable only through a TURN relay (rule 8): it joins as a leaf and
+    /// is given no children until it says otherwise.
+    pub relayed: bool,
+}
+
+/// Result of [`Tree::remove`] and [`Tree::set_relayed`]: where the children
+/// a node gave up went.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Removal<P> {
     /// The re-placed nodes, in the order they were placed.
@@ -199,6 +215,9 @@ struct Node<P> {
     pos: u32,
     capacity: u32,
     relay: bool,
+    /// Rule 8: reachable only through TURN, so no slot of its own whatever
+    /// its `capacity`, which is kept for when it becomes reachable again.
+    relayed: bool,
     /// Set only during `reconnect`, to hide the old parent's slots.
     excluded: bool,
     seq: u64,
@@ -248,7 +267,11 @@ impl<P> Tree<P> {
         };
         // The arena is empty, so this cannot fail; the fallback keeps the
         // constructor panic-free regardless.
-        tree.root = tree.alloc(root_peer, root_capacity, false).unwrap_or(0);
+        let root = Newcomer {
+            capacity: root_capacity,
+            ..Newcomer::default()
+        };
+        tree.root = tree.alloc(root_peer, root).unwrap_or(0);
         tree.top = tree.compute(tree.root);
         tree
     }
@@ -320,6 +343,12 @@ impl<P> Tree<P> {
         self.live(n).is_some_and(|i| self.nodes[i as usize].relay)
     }
 
+    /// Whether the node is reachable only through TURN (rule 8) and so
+    /// takes no children.
+    pub fn is_relayed(&self, n: NodeId) -> bool {
+        self.live(n).is_some_and(|i| self.nodes[i as usize].relayed)
+    }
+
     /// Depth of the deepest node.
     pub fn max_depth(&self) -> u32 {
         self.top.height
@@ -335,11 +364,26 @@ impl<P> Tree<P> {
     /// Places a new peer by rules 3 and 4. `capacity` is the peer's `k`,
     /// already capped by the server's `k`. On `TreeFull` nothing changed.
     pub fn join(&mut self, peer: P, capacity: u32, relay: bool) -> Result<Joined, TreeError> {
+        self.join_as(
+            peer,
+            Newcomer {
+                capacity,
+                relay,
+                relayed: false,
+            },
+        )
+    }
+
+    /// [`Tree::join`] for a newcomer that may be relayed (rule 8). A relayed
+    /// relay offers no slot, so it never takes a leaf's place: it joins as
+    /// any leaf would. On `TreeFull` nothing changed.
+    pub fn join_as(&mut self, peer: P, who: Newcomer) -> Result<Joined, TreeError> {
         let top = self.top;
         let leaf = top.leaf;
         // Rule 4: a leaf at depth < slot depth + 1, i.e. <= the slot holder's.
-        let adopt = relay
-            && capacity >= 1
+        let adopt = who.relay
+            && !who.relayed
+            && who.capacity >= 1
             && leaf.is_some()
             && (!top.slot.is_some() || leaf.depth <= top.slot.depth);
         if adopt {
@@ -350,7 +394,7 @@ impl<P> Tree<P> {
                 // Unreachable: the root is never a rule-4 leaf.
                 return Err(TreeError::TreeFull);
             }
-            let r = self.alloc(peer, capacity, true)?;
+            let r = self.alloc(peer, who)?;
             let (rid, lid) = (self.id(r), self.id(l));
             let leaf_agg = self.nodes[p as usize].kid_aggs[pos as usize];
             let rn = &mut self.nodes[r as usize];
@@ -377,7 +421,7 @@ impl<P> Tree<P> {
         if !slot.is_some() {
             return Err(TreeError::TreeFull);
         }
-        let n = self.alloc(peer, capacity, relay)?;
+        let n = self.alloc(peer, who)?;
         self.attach(n, slot.index);
         Ok(Joined {
             node: self.id(n),
@@ -389,9 +433,9 @@ impl<P> Tree<P> {
 
     /// Removes a node (it left or died) and re-places each of its children
     /// with its whole subtree by rule 3 (rule 5): subtrees with a free slot
-    /// first, then relays, then earliest joined. A child that fits nowhere is evicted alone and its own children
-    /// are re-placed the same way. Costs O(h * k) per re-placed child plus
-    /// O(k) per evicted node.
+    /// first, then relays, then earliest joined. A child that fits nowhere is
+    /// evicted alone and its own children are re-placed the same way. Costs
+    /// O(h * k) per re-placed child plus O(k) per evicted node.
     pub fn remove(&mut self, n: NodeId) -> Result<Removal<P>, TreeError> {
         let i = self.live(n).ok_or(TreeError::NoSuchNode)?;
         if i == self.root {
@@ -402,28 +446,28 @@ impl<P> Tree<P> {
         }
         let mut queue = VecDeque::new();
         self.release(i, &mut queue);
+        Ok(self.replace_orphans(queue))
+    }
 
-        let mut moved = Vec::new();
-        let mut evicted = Vec::new();
-        while let Some(c) = queue.pop_front() {
-            let slot = self.top.slot;
-            if slot.is_some() {
-                self.attach(c, slot.index);
-                moved.push(Moved {
-                    node: self.id(c),
-                    parent: self.id(slot.index),
-                    depth: slot.depth + 1,
-                });
-            } else {
-                // Placing a subtree never frees a slot, so from here on every
-                // queued node ends up evicted; the queue just reports them.
-                let id = self.id(c);
-                if let Some(peer) = self.release(c, &mut queue) {
-                    evicted.push((id, peer));
-                }
-            }
+    /// Rule 8: marks a node as reachable only through TURN, or reachable
+    /// directly again. A node that becomes relayed keeps its place but loses
+    /// its slots, and its children are re-placed exactly as if it had left
+    /// (rule 5, same order, same evictions when the tree is full). Becoming
+    /// reachable again gives its capacity back and moves nobody. The root
+    /// cannot be relayed (`IsRoot`): everybody's media comes through it.
+    /// Costs O(h * k) per re-placed child, like [`Tree::remove`].
+    pub fn set_relayed(&mut self, n: NodeId, relayed: bool) -> Result<Removal<P>, TreeError> {
+        let i = self.live(n).ok_or(TreeError::NoSuchNode)?;
+        if relayed && i == self.root {
+            return Err(TreeError::IsRoot);
         }
-        Ok(Removal { moved, evicted })
+        let mut queue = VecDeque::new();
+        if relayed {
+            self.orphan_children(i, &mut queue);
+        }
+        self.nodes[i as usize].relayed = relayed;
+        self.propagate(i);
+        Ok(self.replace_orphans(queue))
     }
 
     /// Gives a node another parent by rule 3 (the peer asked `reconnect`),
@@ -494,6 +538,12 @@ impl<P> Tree<P> {
             }
             if node.children.len() as u64 > u64::from(node.capacity) {
                 return Err(format!("node {i} has more children than its capacity"));
+            }
+            if node.relayed && !node.children.is_empty() {
+                return Err(format!("relayed node {i} has children"));
+            }
+            if node.relayed && i == self.root {
+                return Err("the root is relayed".into());
             }
             if node.children.len() != node.kid_aggs.len() {
                 return Err(format!("node {i}: children and summaries differ"));
@@ -571,7 +621,12 @@ impl<P> Tree<P> {
         (node.generation == n.generation && node.peer.is_some()).then_some(n.index)
     }
 
-    fn alloc(&mut self, peer: P, capacity: u32, relay: bool) -> Result<u32, TreeError> {
+    fn alloc(&mut self, peer: P, who: Newcomer) -> Result<u32, TreeError> {
+        let Newcomer {
+            capacity,
+            relay,
+            relayed,
+        } = who;
         let seq = self.next_seq;
         let i = match self.free.pop() {
             Some(i) => {
@@ -580,6 +635,7 @@ impl<P> Tree<P> {
                 node.pos = 0;
                 node.capacity = capacity;
                 node.relay = relay;
+                node.relayed = relayed;
                 node.excluded = false;
                 node.seq = seq;
                 node.children.clear();
@@ -599,6 +655,7 @@ impl<P> Tree<P> {
                     pos: 0,
                     capacity,
                     relay,
+                    relayed,
                     excluded: false,
                     seq,
                     children: Vec::new(),
@@ -613,14 +670,57 @@ impl<P> Tree<P> {
         Ok(i)
     }
 
-    /// Frees a detached node: its children become detached subtrees, queued
-    /// so that those bringing a free slot go first, then relays, then the
-    /// earliest joined. Returns the node's peer.
+    /// Frees a detached node: its children are orphaned (see
+    /// `orphan_children`). Returns the node's peer.
+    fn release(&mut self, i: u32, queue: &mut VecDeque<u32>) -> Option<P> {
+        self.orphan_children(i, queue);
+        let node = &mut self.nodes[i as usize];
+        node.parent = NIL;
+        let peer = node.peer.take();
+        // A slot whose generation is exhausted is retired rather than reused,
+        // so an old id can never match a new node.
+        if let Some(g) = node.generation.checked_add(1) {
+            node.generation = g;
+            self.free.push(i);
+        }
+        self.len -= 1;
+        peer
+    }
+
+    /// Rule 5's placing loop: hangs each queued detached subtree on the best
+    /// free slot, in queue order, evicting the ones that fit nowhere.
+    fn replace_orphans(&mut self, mut queue: VecDeque<u32>) -> Removal<P> {
+        let mut moved = Vec::new();
+        let mut evicted = Vec::new();
+        while let Some(c) = queue.pop_front() {
+            let slot = self.top.slot;
+            if slot.is_some() {
+                self.attach(c, slot.index);
+                moved.push(Moved {
+                    node: self.id(c),
+                    parent: self.id(slot.index),
+                    depth: slot.depth + 1,
+                });
+            } else {
+                // Placing a subtree never frees a slot, so from here on every
+                // queued node ends up evicted; the queue just reports them.
+                let id = self.id(c);
+                if let Some(peer) = self.release(c, &mut queue) {
+                    evicted.push((id, peer));
+                }
+            }
+        }
+        Removal { moved, evicted }
+    }
+
+    /// Makes each child of `i` a detached subtree, queued so that those
+    /// bringing a free slot go first, then relays, then the earliest joined.
+    /// The summaries above `i` are left for the caller to propagate.
     ///
     /// A subtree with a free slot, once placed, can host the siblings queued
     /// after it; placed last it could be evicted while a leaf took the only
     /// slot left, and every sibling after it would follow.
-    fn release(&mut self, i: u32, queue: &mut VecDeque<u32>) -> Option<P> {
+    fn orphan_children(&mut self, i: u32, queue: &mut VecDeque<u32>) {
         let mut kids = std::mem::take(&mut self.nodes[i as usize].children);
         let aggs = &self.nodes[i as usize].kid_aggs;
         kids.sort_unstable_by_key(|c| {
@@ -638,16 +738,6 @@ impl<P> Tree<P> {
         // Keep the allocations for whoever reuses the slot.
         node.children = kids;
         node.kid_aggs.clear();
-        node.parent = NIL;
-        let peer = node.peer.take();
-        // A slot whose generation is exhausted is retired rather than reused,
-        // so an old id can never match a new node.
-        if let Some(g) = node.generation.checked_add(1) {
-            node.generation = g;
-            self.free.push(i);
-        }
-        self.len -= 1;
-        peer
     }
 
     /// Unhooks `i` (with its subtree) from its parent; returns the parent and
@@ -710,7 +800,9 @@ impl<P> Tree<P> {
     #[inline]
     fn compute(&self, i: u32) -> Agg {
         let node = &self.nodes[i as usize];
-        let own_slot = !node.excluded && (node.children.len() as u64) < u64::from(node.capacity);
+        let own_slot = !node.excluded
+            && !node.relayed
+            && (node.children.len() as u64) < u64::from(node.capacity);
         let mut slot = if own_slot {
             Slot {
                 depth: 0,

@@ -25,7 +25,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use signalling::protocol::{
     Create, ErrorCode, ErrorMsg, Event, Hello, IceServer, Join, Joined, Parent, PeerRef,
-    ProtocolError, Reclaim, Request, Role, SignalFrom, SignalTo, Stats, TreeClosed, REQUEST_TYPES,
+    ProtocolError, Reach, Reclaim, Request, Role, SignalFrom, SignalTo, Stats, TreeClosed,
+    REQUEST_TYPES,
 };
 
 const EVENT_TYPES: [&str; 10] = [
@@ -60,7 +61,7 @@ const FAKE_TYPES: [&str; 14] = [
 ];
 
 /// Every field name any message uses, so random objects hit real fields.
-const FIELD_NAMES: [&str; 25] = [
+const FIELD_NAMES: [&str; 28] = [
     "type",
     "tree",
     "k",
@@ -86,6 +87,9 @@ const FIELD_NAMES: [&str; 25] = [
     "re",
     "sdp",
     "candidate",
+    "relayed",
+    "username",
+    "credential",
 ];
 
 fn config(cases: u32) -> Config {
@@ -489,8 +493,19 @@ const STATS_FIELDS: [&str; 5] = ["type", "rx_bps", "tx_bps", "children", "lost"]
 fn valid_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         any::<Option<u32>>().prop_map(|k| Request::Create(Create { k })),
-        (id(), any::<Option<u32>>(), prop::option::of(role()))
-            .prop_map(|(tree, k, role)| Request::Join(Join { tree, k, role })),
+        (
+            id(),
+            any::<Option<u32>>(),
+            prop::option::of(role()),
+            any::<Option<bool>>()
+        )
+            .prop_map(|(tree, k, role, relayed)| Request::Join(Join {
+                tree,
+                k,
+                role,
+                relayed
+            })),
+        any::<bool>().prop_map(|relayed| Request::Reach(Reach { relayed })),
         (id(), raw_data()).prop_map(|(to, data)| Request::Signal(SignalTo { to, data })),
         Just(Request::Reconnect),
         Just(Request::Leave),
@@ -594,6 +609,8 @@ enum Kind {
     OptU64,
     OptF64,
     OptRole,
+    Bool,
+    OptBool,
     /// `signal.data`: any JSON value, but present.
     Any,
 }
@@ -605,7 +622,9 @@ fn schema(ty: &str) -> &'static [(&'static str, Kind, bool)] {
             ("tree", Kind::Str, true),
             ("k", Kind::OptU32, false),
             ("role", Kind::OptRole, false),
+            ("relayed", Kind::OptBool, false),
         ],
+        "reach" => &[("relayed", Kind::Bool, true)],
         "signal" => &[("to", Kind::Str, true), ("data", Kind::Any, true)],
         "reclaim" => &[
             ("tree", Kind::Str, true),
@@ -633,6 +652,8 @@ fn accepts(kind: Kind, v: &Value) -> bool {
                 || v.as_str()
                     .is_some_and(|s| ["relay", "browser", "peer", "source"].contains(&s))
         }
+        Kind::Bool => v.is_boolean(),
+        Kind::OptBool => v.is_null() || v.is_boolean(),
         Kind::Any => true,
     }
 }

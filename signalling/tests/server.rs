@@ -1,15 +1,17 @@
 //! The signalling server over real WebSockets on loopback: placement, healing,
-//! reclaim, edge-checked signalling, and every kind of bad input.
+//! reclaim, reachability (rule 8), edge-checked signalling, and every kind of
+//! bad input.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use signalling::protocol::{ErrorCode, Event, Role};
-use signalling::server::{ServerConfig, TokenKey};
+use signalling::client::JoinOptions;
+use signalling::protocol::{ErrorCode, Event, IceServer, Role};
+use signalling::server::{parse_ice_url, ServerConfig, TokenKey, TurnRest};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The seed's own scenario: k1 = 4, k = 2, 30 peers. Rule 3 gives exact
@@ -293,6 +295,111 @@ async fn late_relay_takes_a_leafs_place() {
     assert_eq!((parent, depth), (relay.id(), 2));
 }
 
+/// Rule 8: a member that says only TURN reaches it keeps its place, its
+/// children go as if it had left, and nobody is placed under it until it
+/// says it is directly reachable again.
+#[tokio::test]
+async fn relayed_member_gives_up_its_children_and_stays() {
+    let srv = start(cfg(2, 2)).await;
+    // src -> a, b; a -> c, d; b -> e
+    let (src, tree, _, mut peers) = binary_tree(&srv, 5).await;
+    let ids: Vec<String> = peers.iter().map(Peer::id).collect();
+    drain_children(&mut peers[0], 2).await;
+    drain_children(&mut peers[1], 1).await;
+
+    peers[0].client.reach(true).unwrap();
+    peers[0].expect_child_gone(&ids[2]).await;
+    peers[0].expect_child_gone(&ids[3]).await;
+    // As rule 5 moves a dead member's children: c (earliest) takes b's free
+    // slot at depth 1; d then goes to the earliest of the depth-2 slots, c.
+    assert_eq!(peers[2].expect_parent().await, (ids[1].clone(), 2));
+    assert_eq!(peers[3].expect_parent().await, (ids[2].clone(), 3));
+    peers[1].expect_child(&ids[2]).await;
+    peers[2].expect_child(&ids[3]).await;
+    let snap = snapshot(&srv, &tree).await;
+    let a = node_in(&snap, &ids[0]);
+    assert_eq!(a["parent"], src.id(), "a keeps its place");
+    assert_eq!(a["relayed"], true);
+    assert_eq!(a["children"], json!([]));
+    assert_eq!(snap["size"], 6, "nobody left the tree");
+
+    // A newcomer goes to depth 3 rather than under a at depth 2.
+    let (_x, parent, depth) = joiner(&srv, &tree, None, None).await;
+    assert_eq!((parent, depth), (ids[2].clone(), 3));
+
+    // Directly reachable again: a's free slots at depth 1 are the best.
+    peers[0].client.reach(false).unwrap();
+    let (y, parent, depth) = joiner(&srv, &tree, None, None).await;
+    assert_eq!((parent, depth), (ids[0].clone(), 2));
+    // The first event a has had since its two `child-gone`.
+    peers[0].expect_child(&y.id()).await;
+    let snap = snapshot(&srv, &tree).await;
+    assert_eq!(node_in(&snap, &ids[0]).get("relayed"), None);
+}
+
+/// `join` with `relayed`: even a relay joins as a leaf (no rule 4), and
+/// later joiners go elsewhere.
+#[tokio::test]
+async fn relayed_joiner_is_placed_as_a_leaf() {
+    let srv = start(cfg(2, 2)).await;
+    // src -> a, b: both leaves at depth 1; a plain relay would take a's place.
+    let (mut src, tree, _, peers) = binary_tree(&srv, 2).await;
+    drain_children(&mut src, 2).await;
+    let relay = Peer::connect(&srv).await;
+    let opts = JoinOptions {
+        k: Some(2),
+        role: Some(Role::Relay),
+        relayed: true,
+    };
+    let j = relay.client.join_with(&tree, opts).await.expect("join");
+    assert_eq!((j.parent.as_str(), j.depth), (peers[0].id().as_str(), 2));
+    // Three slots left (one under a, two under b); none is the relay's.
+    for _ in 0..3 {
+        let (_p, parent, _) = joiner(&srv, &tree, Some(0), None).await;
+        assert_ne!(parent, relay.id());
+    }
+    let snap = snapshot(&srv, &tree).await;
+    assert_eq!(node_in(&snap, &relay.id())["relayed"], true);
+    assert_eq!(node_in(&snap, &relay.id())["role"], "relay");
+    src.expect_quiet(Duration::from_millis(100)).await;
+}
+
+/// `reach` errors: the source must be directly reachable; a request that
+/// fails changes nothing, and `relayed:false` from the source is no error.
+#[tokio::test]
+async fn reach_refusals() {
+    let srv = start(cfg(2, 2)).await;
+    let (mut src, tree, _, _peers) = binary_tree(&srv, 2).await;
+    drain_children(&mut src, 2).await;
+    src.client.reach(true).unwrap();
+    let Event::Error(e) = src.expect_error(ErrorCode::BadRequest).await else {
+        unreachable!()
+    };
+    assert_eq!(e.re.as_deref(), Some("reach"));
+    assert!(e.message.contains("directly reachable"), "{}", e.message);
+    // The next event answers the `reconnect` after it: `reach` false from
+    // the source is accepted silently.
+    src.client.reach(false).unwrap();
+    src.client.send_text(r#"{"type":"reconnect"}"#).unwrap();
+    let Event::Error(e) = src.expect_error(ErrorCode::BadRequest).await else {
+        unreachable!()
+    };
+    assert_eq!(e.re.as_deref(), Some("reconnect"));
+    let snap = snapshot(&srv, &tree).await;
+    assert_eq!(node_in(&snap, &src.id()).get("relayed"), None);
+    assert_eq!(
+        node_in(&snap, &src.id())["children"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let mut outsider = Peer::connect(&srv).await;
+    outsider.client.reach(false).unwrap();
+    outsider.expect_error(ErrorCode::NotInTree).await;
+}
+
 /// `reconnect` gives another parent and keeps the peer's own subtree.
 #[tokio::test]
 async fn reconnect_picks_another_parent() {
@@ -499,6 +606,15 @@ async fn bad_inputs_get_their_errors_while_another_tree_works() {
         (
             json!({"type":"reclaim","tree":"nope","token":"guess"}).to_string(),
             ErrorCode::NoSuchTree,
+        ),
+        (json!({"type":"reach"}).to_string(), ErrorCode::BadRequest),
+        (
+            json!({"type":"reach","relayed":"yes"}).to_string(),
+            ErrorCode::BadRequest,
+        ),
+        (
+            json!({"type":"reach","relayed":true}).to_string(),
+            ErrorCode::NotInTree,
         ),
     ];
     for (i, (text, code)) in cases.iter().enumerate() {
@@ -736,4 +852,59 @@ async fn leave_replaces_children_and_source_leave_closes_the_tree() {
     }
     let (status, _) = http_get(&srv, &format!("/api/trees/{tree}")).await;
     assert_eq!(status, 404);
+}
+
+/// `hello` carries the ICE servers as configured, credentials beside the
+/// URL rather than in it; a TURN server without static credentials gets
+/// ones made for this very connection from the shared secret.
+#[tokio::test]
+async fn hello_carries_static_and_per_connection_turn_credentials() {
+    let ttl = Duration::from_secs(600);
+    let urls = [
+        "stun:stun.example.org:3478",
+        "turn:alice:s%40cret@turn.example.org:3478",
+        "turns:turn.example.org:5349?transport=tcp",
+    ];
+    let srv = start(ServerConfig {
+        ice_servers: urls.iter().map(|u| parse_ice_url(u).unwrap()).collect(),
+        turn_rest: Some(TurnRest::new(b"north-wind", ttl).unwrap()),
+        ..cfg(2, 2)
+    })
+    .await;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"north-wind");
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let mut usernames = Vec::new();
+    for _ in 0..2 {
+        let before = SystemTime::now();
+        let p = Peer::connect(&srv).await;
+        let after = SystemTime::now();
+        let hello = p.client.hello();
+        let ice = &hello.ice_servers;
+        assert_eq!(ice.len(), 3, "{ice:?}");
+        let plain = |url: &str, user: Option<&str>, cred: Option<&str>| IceServer {
+            urls: vec![url.to_owned()],
+            username: user.map(str::to_owned),
+            credential: cred.map(str::to_owned),
+        };
+        assert_eq!(ice[0], plain("stun:stun.example.org:3478", None, None));
+        assert_eq!(
+            ice[1],
+            plain("turn:turn.example.org:3478", Some("alice"), Some("s@cret"))
+        );
+        assert_eq!(ice[2].urls, ["turns:turn.example.org:5349?transport=tcp"]);
+        let user = ice[2].username.clone().expect("a username");
+        let (expiry, peer) = user.split_once(':').expect("expiry:peer");
+        assert_eq!(peer, hello.peer, "the username names this connection");
+        let expiry: u64 = expiry.parse().expect("unix seconds");
+        assert!(
+            (secs(before) + 600..=secs(after) + 600).contains(&expiry),
+            "expiry {expiry} is not now + 600 s"
+        );
+        let cred = ice[2].credential.as_deref().expect("a credential");
+        let tag = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, cred)
+            .expect("standard base64");
+        ring::hmac::verify(&key, user.as_bytes(), &tag).expect("HMAC-SHA1 of the username");
+        usernames.push(user);
+    }
+    assert_ne!(usernames[0], usernames[1], "each connection its own");
 }

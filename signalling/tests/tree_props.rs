@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use proptest::prelude::*;
-use signalling::tree::{Joined, Moved, NodeId, Tree, TreeError};
+use signalling::tree::{Joined, Moved, Newcomer, NodeId, Removal, Tree, TreeError};
 
 // ---------------------------------------------------------------------------
 // The reference: the same rules, decided by scanning all nodes.
@@ -17,6 +17,7 @@ struct MNode {
     children: Vec<NodeId>,
     cap: u32,
     relay: bool,
+    relayed: bool,
     seq: u64,
     peer: u32,
 }
@@ -26,6 +27,13 @@ struct Model {
     root: NodeId,
     nodes: HashMap<NodeId, MNode>,
     next_seq: u64,
+}
+
+impl MNode {
+    /// Rule 3 may place a newcomer here (rule 8: never under a relayed node).
+    fn has_own_slot(&self) -> bool {
+        !self.relayed && (self.children.len() as u32) < self.cap
+    }
 }
 
 /// Rule 3's order: least depth, then relays, then earliest joined.
@@ -43,6 +51,7 @@ impl Model {
                 children: vec![],
                 cap,
                 relay: false,
+                relayed: false,
                 seq: 0,
                 peer,
             },
@@ -73,10 +82,7 @@ impl Model {
         self.depths()
             .into_iter()
             .filter(|(n, _)| Some(*n) != exclude)
-            .filter(|(n, _)| {
-                let m = &self.nodes[n];
-                (m.children.len() as u32) < m.cap
-            })
+            .filter(|(n, _)| self.nodes[n].has_own_slot())
             .min_by_key(|(n, d)| slot_key(*d, &self.nodes[n]))
     }
 
@@ -106,9 +112,10 @@ impl Model {
     }
 
     /// What `join` must answer; `node` is filled in by the caller.
-    fn expect_join(&self, cap: u32, relay: bool) -> Result<Joined, TreeError> {
+    fn expect_join(&self, who: Newcomer) -> Result<Joined, TreeError> {
         let slot = self.best_slot(None);
-        if relay && cap >= 1 {
+        // Rule 8: a relayed relay has no slot to offer the leaf.
+        if who.relay && !who.relayed && who.capacity >= 1 {
             if let Some((leaf, ld)) = self.best_leaf() {
                 if slot.is_none_or(|(_, sd)| ld < sd + 1) {
                     return Ok(Joined {
@@ -129,7 +136,7 @@ impl Model {
         })
     }
 
-    fn apply_join(&mut self, j: &Joined, cap: u32, relay: bool, peer: u32) {
+    fn apply_join(&mut self, j: &Joined, who: Newcomer, peer: u32) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.nodes.insert(
@@ -137,8 +144,9 @@ impl Model {
             MNode {
                 parent: None,
                 children: vec![],
-                cap,
-                relay,
+                cap: who.capacity,
+                relay: who.relay,
+                relayed: who.relayed,
                 seq,
                 peer,
             },
@@ -161,6 +169,25 @@ impl Model {
         self.detach(n);
         let mut queue = VecDeque::new();
         self.release(n, &mut queue);
+        self.place(queue)
+    }
+
+    /// Rule 8, by brute force: a node that becomes relayed stays, and its
+    /// children go exactly as rule 5 sends a dead node's.
+    fn set_relayed(&mut self, n: NodeId, on: bool) -> (Vec<Moved>, Vec<NodeId>) {
+        let node = self.nodes.get_mut(&n).unwrap();
+        node.relayed = on;
+        if !on {
+            return (vec![], vec![]);
+        }
+        let kids = std::mem::take(&mut node.children);
+        let mut queue = VecDeque::new();
+        self.orphan(kids, &mut queue);
+        self.place(queue)
+    }
+
+    /// Rule 5's loop: each queued subtree to the best slot, or evicted.
+    fn place(&mut self, mut queue: VecDeque<NodeId>) -> (Vec<Moved>, Vec<NodeId>) {
         let (mut moved, mut evicted) = (vec![], vec![]);
         while let Some(c) = queue.pop_front() {
             match self.best_slot(None) {
@@ -184,12 +211,16 @@ impl Model {
     /// Some node in `n`'s subtree (itself included) accepts another child.
     fn has_free_slot(&self, n: NodeId) -> bool {
         let m = &self.nodes[&n];
-        (m.children.len() as u32) < m.cap || m.children.iter().any(|c| self.has_free_slot(*c))
+        m.has_own_slot() || m.children.iter().any(|c| self.has_free_slot(*c))
     }
 
     fn release(&mut self, n: NodeId, queue: &mut VecDeque<NodeId>) {
         let gone = self.nodes.remove(&n).unwrap();
-        let mut kids = gone.children;
+        self.orphan(gone.children, queue);
+    }
+
+    /// Queues a node's former children in rule 5's order.
+    fn orphan(&mut self, mut kids: Vec<NodeId>, queue: &mut VecDeque<NodeId>) {
         kids.sort_by_key(|c| {
             (
                 !self.has_free_slot(*c),
@@ -241,6 +272,12 @@ fn check_structure(t: &Tree<u32>) -> Result<HashMap<NodeId, u32>, TestCaseError>
     while let Some((n, d)) = q.pop_front() {
         prop_assert!(depth.insert(n, d).is_none(), "{:?} reached twice", n);
         prop_assert!(t.children(n).len() as u32 <= t.capacity(n).unwrap());
+        // Rule 8: a relayed node never has children.
+        prop_assert!(
+            !t.is_relayed(n) || t.children(n).is_empty(),
+            "relayed {:?} has children",
+            n
+        );
         prop_assert_eq!(t.depth(n), Some(d));
         for &c in t.children(n) {
             prop_assert_eq!(t.parent(c), Some(n));
@@ -254,7 +291,9 @@ fn check_structure(t: &Tree<u32>) -> Result<HashMap<NodeId, u32>, TestCaseError>
     // The shallowest free slot, by scanning.
     let free = depth
         .iter()
-        .filter(|(n, _)| (t.children(**n).len() as u32) < t.capacity(**n).unwrap())
+        .filter(|(n, _)| {
+            !t.is_relayed(**n) && (t.children(**n).len() as u32) < t.capacity(**n).unwrap()
+        })
         .map(|(_, d)| d + 1)
         .min();
     prop_assert_eq!(t.shallowest_free_slot_depth(), free);
@@ -271,6 +310,7 @@ fn check_same(t: &Tree<u32>, m: &Model) -> Result<(), TestCaseError> {
         prop_assert_eq!(t.children(*id), &mn.children[..], "children of {:?}", id);
         prop_assert_eq!(t.capacity(*id), Some(mn.cap));
         prop_assert_eq!(t.is_relay(*id), mn.relay);
+        prop_assert_eq!(t.is_relayed(*id), mn.relayed);
         prop_assert_eq!(t.peer(*id), Some(&mn.peer));
     }
     Ok(())
@@ -292,26 +332,135 @@ fn descendants(t: &Tree<u32>, n: NodeId) -> Vec<NodeId> {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Join {
-        cap: u32,
-        relay: bool,
-    },
+    Join(Newcomer),
     Remove(usize),
     Reconnect(usize),
+    /// Rule 8 on some live node (the root included).
+    SetRelayed(usize, bool),
     /// An operation on an id that is no longer in the tree.
     Stale(usize),
 }
 
+/// A join; `relayed` newcomers with probability `relayed`.
+fn join_op(
+    caps: impl Strategy<Value = u32>,
+    relay: f64,
+    relayed: f64,
+) -> impl Strategy<Value = Op> {
+    (
+        caps,
+        prop::bool::weighted(relay),
+        prop::bool::weighted(relayed),
+    )
+        .prop_map(|(capacity, relay, relayed)| {
+            Op::Join(Newcomer {
+                capacity,
+                relay,
+                relayed,
+            })
+        })
+}
+
+fn set_relayed_op() -> impl Strategy<Value = Op> {
+    (any::<usize>(), prop::bool::weighted(0.6)).prop_map(|(n, on)| Op::SetRelayed(n, on))
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u32..=5, prop::bool::weighted(0.2)).prop_map(|(cap, relay)| Op::Join { cap, relay }),
+        8 => join_op(0u32..=5, 0.2, 0.15),
         2 => any::<usize>().prop_map(Op::Remove),
         2 => any::<usize>().prop_map(Op::Reconnect),
+        2 => set_relayed_op(),
         1 => any::<usize>().prop_map(Op::Stale),
     ]
 }
 
-fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
+/// A node's children as they were before it left or became relayed.
+struct Kids {
+    ids: Vec<NodeId>,
+    brings_slot: HashMap<NodeId, bool>,
+    seq: HashMap<NodeId, u64>,
+}
+
+impl Kids {
+    fn of(m: &Model, n: NodeId) -> Kids {
+        let ids = m.nodes[&n].children.clone();
+        Kids {
+            brings_slot: ids.iter().map(|c| (*c, m.has_free_slot(*c))).collect(),
+            seq: ids.iter().map(|c| (*c, m.nodes[c].seq)).collect(),
+            ids,
+        }
+    }
+}
+
+/// Rule 5's outcome for the former children of a node that left or became
+/// relayed: the order they went in, whole subtrees, never under themselves,
+/// never under a relayed node, evictions only when full.
+fn check_rule5(
+    before: &Tree<u32>,
+    before_depth: &HashMap<NodeId, u32>,
+    t: &Tree<u32>,
+    kids: &Kids,
+    r: &Removal<u32>,
+) -> Result<(), TestCaseError> {
+    let (brings_slot, seq_of) = (&kids.brings_slot, &kids.seq);
+    let kids = &kids.ids;
+    for (id, peer) in &r.evicted {
+        prop_assert_eq!(before.peer(*id), Some(peer));
+        prop_assert!(!t.contains(*id));
+    }
+    // Subtrees with a free slot first, then relays, then earliest.
+    let mut order = kids.clone();
+    order.sort_by_key(|c| (!brings_slot[c], !before.is_relay(*c), seq_of[c]));
+    let moved_kids: Vec<NodeId> = r
+        .moved
+        .iter()
+        .map(|mv| mv.node)
+        .filter(|x| kids.contains(x))
+        .collect();
+    prop_assert_eq!(&moved_kids[..], &order[..moved_kids.len()]);
+    // Every former child went somewhere or out.
+    for c in kids {
+        prop_assert!(
+            moved_kids.contains(c) || r.evicted.iter().any(|(e, _)| e == c),
+            "child {:?} neither moved nor evicted",
+            c
+        );
+    }
+    // Every moved subtree came whole: nodes below its top kept their
+    // parent, and depths shifted uniformly.
+    for mv in &r.moved {
+        prop_assert_eq!(t.parent(mv.node), Some(mv.parent));
+        prop_assert_eq!(t.depth(mv.node), Some(mv.depth));
+        // Placement never chooses a relayed node.
+        prop_assert!(
+            !t.is_relayed(mv.parent),
+            "moved under relayed {:?}",
+            mv.parent
+        );
+        let shift = i64::from(mv.depth) - i64::from(before_depth[&mv.node]);
+        for d in descendants(before, mv.node) {
+            if d != mv.node {
+                prop_assert_eq!(t.parent(d), before.parent(d));
+            }
+            prop_assert_eq!(
+                i64::from(t.depth(d).unwrap()),
+                i64::from(before_depth[&d]) + shift
+            );
+        }
+        // Never under its own subtree.
+        prop_assert!(!descendants(before, mv.node).contains(&mv.parent));
+    }
+    // Evicted only when the tree had no slot left.
+    if !r.evicted.is_empty() {
+        prop_assert_eq!(t.shallowest_free_slot_depth(), None);
+    }
+    Ok(())
+}
+
+/// Applies `ops` to a tree and to the reference, checking every step;
+/// returns the tree they built.
+fn run_ops(root_cap: u32, ops: &[Op]) -> Result<Tree<u32>, TestCaseError> {
     let mut t = Tree::new(0u32, root_cap);
     let mut m = Model::new(t.root(), root_cap, 0);
     let mut next_peer = 1u32;
@@ -322,11 +471,11 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
         let mut live: Vec<NodeId> = t.iter().collect();
         live.sort();
         match *op {
-            Op::Join { cap, relay } => {
+            Op::Join(who) => {
                 let peer = next_peer;
                 next_peer += 1;
-                let want = m.expect_join(cap, relay);
-                let got = t.join(peer, cap, relay);
+                let want = m.expect_join(who);
+                let got = t.join_as(peer, who);
                 match (want, got) {
                     (Err(w), Err(g)) => {
                         prop_assert_eq!(w, g);
@@ -334,6 +483,8 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                     (Ok(w), Ok(g)) => {
                         prop_assert!(!before.contains(g.node));
+                        // Placement never chooses a relayed node.
+                        prop_assert!(!before.is_relayed(g.parent));
                         prop_assert_eq!(g.parent, w.parent);
                         prop_assert_eq!(g.depth, w.depth);
                         prop_assert_eq!(g.adopted, w.adopted);
@@ -348,7 +499,7 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                         } else {
                             prop_assert_eq!(Some(g.depth), before.shallowest_free_slot_depth());
                         }
-                        m.apply_join(&g, cap, relay, peer);
+                        m.apply_join(&g, who, peer);
                     }
                     (w, g) => prop_assert!(false, "join: want {:?}, got {:?}", w, g),
                 }
@@ -361,11 +512,7 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let n = non_root[sel % non_root.len()];
-                let kids: Vec<NodeId> = before.children(n).to_vec();
-                let seq_of: HashMap<NodeId, u64> =
-                    kids.iter().map(|c| (*c, m.nodes[c].seq)).collect();
-                let brings_slot: HashMap<NodeId, bool> =
-                    kids.iter().map(|c| (*c, m.has_free_slot(*c))).collect();
+                let kids = Kids::of(&m, n);
                 let (want_moved, want_evicted) = m.remove(n);
                 let r = t
                     .remove(n)
@@ -374,42 +521,7 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&r.moved, &want_moved);
                 let ev: Vec<NodeId> = r.evicted.iter().map(|(id, _)| *id).collect();
                 prop_assert_eq!(&ev, &want_evicted);
-                for (id, peer) in &r.evicted {
-                    prop_assert_eq!(before.peer(*id), Some(peer));
-                    prop_assert!(!t.contains(*id));
-                }
-                // Subtrees with a free slot first, then relays, then earliest.
-                let mut order = kids.clone();
-                order.sort_by_key(|c| (!brings_slot[c], !before.is_relay(*c), seq_of[c]));
-                let moved_kids: Vec<NodeId> = r
-                    .moved
-                    .iter()
-                    .map(|mv| mv.node)
-                    .filter(|x| kids.contains(x))
-                    .collect();
-                prop_assert_eq!(&moved_kids[..], &order[..moved_kids.len()]);
-                // Every moved subtree came whole: nodes below its top kept
-                // their parent, and depths shifted uniformly.
-                for mv in &r.moved {
-                    prop_assert_eq!(t.parent(mv.node), Some(mv.parent));
-                    prop_assert_eq!(t.depth(mv.node), Some(mv.depth));
-                    let shift = i64::from(mv.depth) - i64::from(before_depth[&mv.node]);
-                    for d in descendants(&before, mv.node) {
-                        if d != mv.node {
-                            prop_assert_eq!(t.parent(d), before.parent(d));
-                        }
-                        prop_assert_eq!(
-                            i64::from(t.depth(d).unwrap()),
-                            i64::from(before_depth[&d]) + shift
-                        );
-                    }
-                    // Never under its own subtree.
-                    prop_assert!(!descendants(&before, mv.node).contains(&mv.parent));
-                }
-                // Evicted only when the tree had no slot left.
-                if !r.evicted.is_empty() {
-                    prop_assert_eq!(t.shallowest_free_slot_depth(), None);
-                }
+                check_rule5(&before, &before_depth, &t, &kids, &r)?;
                 // Every peer but the removed and the evicted ones stays.
                 prop_assert_eq!(t.len() + 1 + r.evicted.len(), before.len());
             }
@@ -427,6 +539,7 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                 match got {
                     Ok(mv) => {
                         prop_assert_ne!(mv.parent, old);
+                        prop_assert!(!t.is_relayed(mv.parent));
                         prop_assert!(!descendants(&before, n).contains(&mv.parent));
                         prop_assert_eq!(t.depth(n), Some(mv.depth));
                         let shift = i64::from(mv.depth) - i64::from(before_depth[&n]);
@@ -446,6 +559,45 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
             }
+            Op::SetRelayed(sel, on) => {
+                let n = live[sel % live.len()];
+                if n == t.root() {
+                    // The source must be directly reachable.
+                    if on {
+                        prop_assert_eq!(t.set_relayed(n, on).err(), Some(TreeError::IsRoot));
+                    } else {
+                        let r = t
+                            .set_relayed(n, on)
+                            .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                        prop_assert!(r.moved.is_empty() && r.evicted.is_empty());
+                    }
+                    prop_assert!(!t.is_relayed(n));
+                    check_same(&t, &m)?;
+                    continue;
+                }
+                let kids = Kids::of(&m, n);
+                let (want_moved, want_evicted) = m.set_relayed(n, on);
+                let r = t
+                    .set_relayed(n, on)
+                    .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                prop_assert_eq!(&r.moved, &want_moved);
+                let ev: Vec<NodeId> = r.evicted.iter().map(|(id, _)| *id).collect();
+                prop_assert_eq!(&ev, &want_evicted);
+                // The member itself stays where it was, with its own k.
+                prop_assert_eq!(t.is_relayed(n), on);
+                prop_assert_eq!(t.parent(n), before.parent(n));
+                prop_assert_eq!(t.depth(n), Some(before_depth[&n]));
+                prop_assert_eq!(t.capacity(n), before.capacity(n));
+                if on {
+                    prop_assert!(t.children(n).is_empty());
+                    check_rule5(&before, &before_depth, &t, &kids, &r)?;
+                } else {
+                    // Becoming reachable moves nobody.
+                    prop_assert!(r.moved.is_empty() && r.evicted.is_empty());
+                    prop_assert_eq!(t.children(n), &kids.ids[..]);
+                }
+                prop_assert_eq!(t.len() + r.evicted.len(), before.len());
+            }
             Op::Stale(sel) => {
                 if stale.is_empty() {
                     continue;
@@ -454,6 +606,8 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert!(!t.contains(s));
                 prop_assert_eq!(t.remove(s).err(), Some(TreeError::NoSuchNode));
                 prop_assert_eq!(t.reconnect(s).err(), Some(TreeError::NoSuchNode));
+                prop_assert_eq!(t.set_relayed(s, true).err(), Some(TreeError::NoSuchNode));
+                prop_assert!(!t.is_relayed(s));
                 prop_assert_eq!(t.set_peer(s, 7).err(), Some(TreeError::NoSuchNode));
                 prop_assert_eq!(t.peer(s), None);
                 prop_assert_eq!(t.parent(s), None);
@@ -469,7 +623,7 @@ fn run_ops(root_cap: u32, ops: &[Op]) -> Result<(), TestCaseError> {
         before_depth = check_structure(&t)?;
         check_same(&t, &m)?;
     }
-    Ok(())
+    Ok(t)
 }
 
 proptest! {
@@ -495,10 +649,10 @@ proptest! {
         root_cap in 1u32..=6,
         ops in prop::collection::vec(
             prop_oneof![
-                12 => (1u32..=5, prop::bool::weighted(0.1))
-                    .prop_map(|(cap, relay)| Op::Join { cap, relay }),
+                12 => join_op(1u32..=5, 0.1, 0.05),
                 1 => any::<usize>().prop_map(Op::Remove),
                 1 => any::<usize>().prop_map(Op::Reconnect),
+                1 => set_relayed_op(),
             ],
             300..500,
         ),
@@ -513,10 +667,10 @@ proptest! {
         root_cap in 1u32..=3,
         ops in prop::collection::vec(
             prop_oneof![
-                6 => (prop::sample::select(vec![0u32, 0, 0, 1, 4]), prop::bool::weighted(0.2))
-                    .prop_map(|(cap, relay)| Op::Join { cap, relay }),
+                6 => join_op(prop::sample::select(vec![0u32, 0, 0, 1, 4]), 0.2, 0.1),
                 3 => any::<usize>().prop_map(Op::Remove),
                 1 => any::<usize>().prop_map(Op::Reconnect),
+                2 => set_relayed_op(),
             ],
             1..200,
         ),
@@ -542,6 +696,47 @@ proptest! {
             prop_assert!(t.max_depth() <= 1 + log, "n={} k={} depth={}", n, k, t.max_depth());
         }
         prop_assert!(t.check_invariants().is_ok());
+    }
+
+    /// Rule 8 undone: a member that was relayed and is reachable again
+    /// takes children up to its own k. Leaf-only joiners fill the tree
+    /// until it is full; then every node that is not relayed holds exactly
+    /// its k children, the member included, and relayed nodes hold none.
+    #[test]
+    fn reachable_again_restores_capacity(
+        root_cap in 1u32..=4,
+        ops in prop::collection::vec(
+            prop_oneof![
+                6 => join_op(0u32..=4, 0.2, 0.2),
+                1 => any::<usize>().prop_map(Op::Remove),
+                1 => set_relayed_op(),
+            ],
+            1..80,
+        ),
+        sel in any::<usize>(),
+    ) {
+        let mut t = run_ops(root_cap, &ops)?;
+        let mut live: Vec<NodeId> = t.iter().collect();
+        live.sort();
+        let n = live[sel % live.len()];
+        let k = t.capacity(n).unwrap();
+        if n != t.root() {
+            t.set_relayed(n, true).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+            prop_assert!(t.children(n).is_empty());
+        }
+        let back = t.set_relayed(n, false).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert!(back.moved.is_empty() && back.evicted.is_empty());
+        prop_assert_eq!(t.capacity(n), Some(k));
+        let mut peer = 1_000_000u32;
+        while t.join(peer, 0, false).is_ok() {
+            peer += 1;
+        }
+        prop_assert!(t.check_invariants().is_ok());
+        prop_assert_eq!(t.children(n).len() as u32, k);
+        for x in t.iter() {
+            let want = if t.is_relayed(x) { 0 } else { t.capacity(x).unwrap() };
+            prop_assert_eq!(t.children(x).len() as u32, want, "node {:?}", x);
+        }
     }
 }
 
@@ -811,4 +1006,116 @@ fn stale_ids_are_rejected_after_slot_reuse() {
     t.set_peer(t.root(), "reclaimed").unwrap();
     assert_eq!(t.peer(t.root()), Some(&"reclaimed"));
     assert!(!t.is_empty());
+}
+
+#[test]
+fn relayed_member_hands_its_children_on_and_stays() {
+    // root(2) -> [a(2) -> [c(1), d(0)], b(2)]
+    let mut t = Tree::new(0u32, 2);
+    let a = join(&mut t, 1, 2, false).node;
+    let b = join(&mut t, 2, 2, false).node;
+    let c = join(&mut t, 3, 1, false).node;
+    let d = join(&mut t, 4, 0, false).node;
+    assert_eq!(t.children(a), &[c, d]);
+    let r = t.set_relayed(a, true).unwrap();
+    t.check_invariants().unwrap();
+    // As if a had died: c brings a free slot, so it goes first; both land
+    // under b, the only node with free slots at depth 1.
+    assert_eq!(
+        r.moved,
+        vec![
+            Moved {
+                node: c,
+                parent: b,
+                depth: 2
+            },
+            Moved {
+                node: d,
+                parent: b,
+                depth: 2
+            },
+        ]
+    );
+    assert!(r.evicted.is_empty());
+    // a stays where it was, keeps its k, and has no children.
+    assert_eq!(t.parent(a), Some(t.root()));
+    assert_eq!(t.depth(a), Some(1));
+    assert!(t.is_relayed(a));
+    assert!(t.children(a).is_empty());
+    assert_eq!(t.capacity(a), Some(2));
+    // A newcomer goes under c at depth 3 rather than under a at depth 2.
+    let e = join(&mut t, 5, 0, false);
+    assert_eq!((e.parent, e.depth), (c, 3));
+    // Reachable again: a's own slots at depth 1 win, and nobody moved.
+    let back = t.set_relayed(a, false).unwrap();
+    assert!(back.moved.is_empty() && back.evicted.is_empty());
+    assert!(!t.is_relayed(a));
+    assert_eq!(join(&mut t, 6, 0, false).parent, a);
+    assert_eq!(join(&mut t, 7, 0, false).parent, a);
+    assert_eq!(t.set_relayed(t.root(), true), Err(TreeError::IsRoot));
+    assert!(
+        t.set_relayed(t.root(), false).is_ok(),
+        "a no-op for the root"
+    );
+}
+
+#[test]
+fn relayed_relay_joins_as_a_leaf() {
+    // The rule-4 setting: root(3) -> [a(2) -> x, b(2), c(2)]; a plain relay
+    // would take b's place.
+    let mut t = Tree::new(0u32, 3);
+    let a = join(&mut t, 1, 2, false).node;
+    let _b = join(&mut t, 2, 2, false).node;
+    let _c = join(&mut t, 3, 2, false).node;
+    let x = join(&mut t, 4, 0, false).node;
+    assert_eq!(t.parent(x), Some(a));
+    let r = t
+        .join_as(
+            5,
+            Newcomer {
+                capacity: 3,
+                relay: true,
+                relayed: true,
+            },
+        )
+        .unwrap();
+    t.check_invariants().unwrap();
+    assert_eq!((r.parent, r.depth, r.adopted), (a, 2, None));
+    assert!(t.is_relayed(r.node));
+    // Four more slots (b's and c's); none of them is the relayed relay's.
+    for p in 6..=9 {
+        assert_ne!(join(&mut t, p, 0, false).parent, r.node);
+    }
+    assert_eq!(t.join(10, 0, false), Err(TreeError::TreeFull));
+    assert!(t.children(r.node).is_empty());
+}
+
+#[test]
+fn relayed_member_in_a_full_tree_evicts_what_fits_nowhere() {
+    // root(2) -> [a(2) -> [b(0), c(1) -> d(0)], e(1)]; f under e leaves, so
+    // e's one slot is the only free slot in the tree.
+    let mut t = Tree::new(0u32, 2);
+    let a = join(&mut t, 1, 2, false).node;
+    let e = join(&mut t, 2, 1, false).node;
+    let b = join(&mut t, 3, 0, false).node;
+    let c = join(&mut t, 4, 1, false).node;
+    let f = join(&mut t, 5, 0, false).node;
+    let d = join(&mut t, 6, 0, false).node;
+    assert_eq!(t.parent(f), Some(e));
+    assert_eq!(t.parent(d), Some(c));
+    t.remove(f).unwrap();
+    let r = t.set_relayed(a, true).unwrap();
+    t.check_invariants().unwrap();
+    // b (earliest) takes e's slot; c and then its child d fit nowhere.
+    assert_eq!(
+        r.moved,
+        vec![Moved {
+            node: b,
+            parent: e,
+            depth: 2
+        }]
+    );
+    assert_eq!(r.evicted, vec![(c, 4), (d, 6)]);
+    assert!(t.contains(a) && t.is_relayed(a));
+    assert_eq!(t.len(), 4);
 }

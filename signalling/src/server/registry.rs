@@ -19,7 +19,7 @@ use crate::protocol::{
     Created, ErrorCode, Event, Joined, Parent, PeerRef, ProtocolError, Reclaim, Request, Role,
     SignalFrom, Stats, TreeClosed,
 };
-use crate::tree::{Moved, NodeId, Tree, TreeError};
+use crate::tree::{Moved, Newcomer, NodeId, Removal, Tree, TreeError};
 pub use tokens::TokenKey;
 
 pub(crate) type PeerId = Arc<str>;
@@ -171,10 +171,14 @@ impl Registry {
                         "role must be relay, browser or peer",
                     ));
                 }
-                let k = j.k.unwrap_or(cfg.k).min(cfg.k);
+                let who = Newcomer {
+                    capacity: j.k.unwrap_or(cfg.k).min(cfg.k),
+                    relay: role == Role::Relay,
+                    relayed: j.relayed.unwrap_or(false),
+                };
                 let joined = t
                     .tree
-                    .join(peer.clone(), k, role == Role::Relay)
+                    .join_as(peer.clone(), who)
                     .map_err(|e| tree_error(e, re))?;
                 let parent_peer = t.tree.peer(joined.parent).cloned();
                 let adopted_peer = joined.adopted.and_then(|n| t.tree.peer(n).cloned());
@@ -256,8 +260,61 @@ impl Registry {
                     e.stats = Some(s);
                 }
             }
+            Request::Reach(r) => {
+                let Some(m) = member else {
+                    return Err(err(ErrorCode::NotInTree, "join a tree first"));
+                };
+                self.reach(peer, &m, r.relayed, &mut fx)?;
+            }
         }
         Ok(fx)
+    }
+
+    /// Rule 8: a member reachable only through TURN keeps its place but
+    /// gives up its children, which go as if it had left (rule 5).
+    fn reach(
+        &mut self,
+        peer: &PeerId,
+        m: &Membership,
+        relayed: bool,
+        fx: &mut Effects,
+    ) -> Result<(), ProtocolError> {
+        let re = Some("reach");
+        let Some(t) = self.trees.get_mut(&m.tree) else {
+            return Err(ProtocolError::new(
+                ErrorCode::NotInTree,
+                "join a tree first",
+                re,
+            ));
+        };
+        if relayed && m.node == t.tree.root() {
+            return Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                "the source must be directly reachable: every member's media comes \
+                 through it, so it cannot be reached only through a TURN relay",
+                re,
+            ));
+        }
+        // Only becoming relayed takes children away; becoming reachable
+        // again leaves the member's children where they are.
+        let former: Vec<PeerId> = if relayed {
+            t.tree
+                .children(m.node)
+                .iter()
+                .filter_map(|c| t.tree.peer(*c).cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let removal = t
+            .tree
+            .set_relayed(m.node, relayed)
+            .map_err(|e| tree_error(e, re))?;
+        for c in &former {
+            self.send_to(peer, child_gone(c), fx);
+        }
+        self.announce_removal(&m.tree, removal, fx);
+        Ok(())
     }
 
     fn reclaim(
@@ -401,8 +458,14 @@ impl Registry {
         if let Some(p) = parent {
             self.send_to(&p, child_gone(peer), fx);
         }
+        self.announce_removal(&m.tree, removal, fx);
+    }
+
+    /// Rule 5's messages: each re-placed child hears `parent` (its new parent
+    /// `child`), and each child that fit nowhere is out of the tree.
+    fn announce_removal(&mut self, tree: &TreeId, removal: Removal<PeerId>, fx: &mut Effects) {
         for moved in &removal.moved {
-            self.announce_move(&m.tree, moved, fx);
+            self.announce_move(tree, moved, fx);
         }
         for (_, evicted) in removal.evicted {
             if let Some(e) = self.peers.get_mut(&evicted) {
@@ -410,7 +473,7 @@ impl Registry {
                 fx.send(
                     &e.outbox,
                     Event::TreeClosed(TreeClosed {
-                        tree: m.tree.to_string(),
+                        tree: tree.to_string(),
                         reason: REASON_TREE_FULL.into(),
                     }),
                 );
@@ -487,7 +550,8 @@ impl Registry {
         }
     }
 
-    /// `/api/trees/{id}`: every node with its parent, depth, role, k and children.
+    /// `/api/trees/{id}`: every node with its parent, depth, role, k,
+    /// children and, when only TURN reaches it, `relayed`.
     pub fn snapshot(&self, tree: &str) -> Option<TreeSnapshot> {
         let (id, t) = self.trees.get_key_value(tree)?;
         let root = t.tree.root();
@@ -513,6 +577,7 @@ impl Registry {
                 depth,
                 role: role.as_str(),
                 k: t.tree.capacity(n).unwrap_or(0),
+                relayed: t.tree.is_relayed(n),
                 children: children
                     .iter()
                     .filter_map(|c| t.tree.peer(*c).map(|p| p.to_string()))
@@ -546,7 +611,11 @@ pub(crate) struct NodeSnapshot {
     pub parent: Option<String>,
     pub depth: u32,
     pub role: &'static str,
+    /// The member's own k, kept while it is relayed (and then unused).
     pub k: u32,
+    /// Rule 8; absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
     pub children: Vec<String>,
     pub connected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

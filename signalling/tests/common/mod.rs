@@ -158,3 +158,11 @@ pub fn parent_in(snap: &serde_json::Value, peer: &str) -> Option<String> {
         .as_str()
         .map(str::to_owned)
 }
+
+/// The node of `peer` in a snapshot (`Null` if absent).
+pub fn node_in<'a>(snap: &'a serde_json::Value, peer: &str) -> &'a serde_json::Value {
+    snap["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["peer"] == peer))
+        .unwrap_or(&serde_json::Value::Null)
+}
