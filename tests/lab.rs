@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrome::{eventually, Chrome, Page, Where};
 use common::*;
-use netlab::{lab_or_skip, Host, Lab};
+use netlab::{lab_or_skip, Host, Lab, Nat};
 use relay::source::VideoFile;
 
 /// Media tests share two cores: one lab at a time. (An async lock, as in
@@ -33,21 +33,26 @@ async fn one_at_a_time_async() -> tokio::sync::MutexGuard<'static, ()> {
 /// that what an operator would see is what the test reads.
 fn bin_in(host: &Host, args: &[&str]) -> Command {
     let mut c = host.command(BIN);
-    c.args(args).env_remove("RUST_LOG");
+    c.args(args);
+    // PEER_TREE_LAB_LOG: a RUST_LOG for the lab's processes, when debugging.
+    match std::env::var_os("PEER_TREE_LAB_LOG") {
+        Some(filter) => c.env("RUST_LOG", filter),
+        None => c.env_remove("RUST_LOG"),
+    };
     c
 }
 
 /// A signalling server on `host`, port 8080; returns it and its ws URL.
 fn signal_on(s: &Scratch, host: &Host, extra: &[&str]) -> (Proc, String) {
-    let listen = format!("{}:8080", host.addr);
+    signal_on_port(s, host, 8080, extra)
+}
+
+fn signal_on_port(s: &Scratch, host: &Host, port: u16, extra: &[&str]) -> (Proc, String) {
+    let listen = format!("{}:{port}", host.addr);
     let mut args = vec!["signal", "--listen", &listen];
     args.extend_from_slice(extra);
-    let p = Proc::spawn_command(
-        s,
-        &format!("signal@{}", host.name),
-        bin_in(host, &args),
-        false,
-    );
+    let name = format!("signal@{}:{port}", host.name);
+    let p = Proc::spawn_command(s, &name, bin_in(host, &args), false);
     p.line("listening on ", Duration::from_secs(20));
     (p, format!("ws://{listen}/ws"))
 }
@@ -637,4 +642,332 @@ async fn glass_to_glass_through_two_relays_against_a_direct_viewer() {
         );
     }
     source.close().await;
+}
+
+// ---------------------------------------------------------------------------
+// NAT and TURN.
+
+/// A host alone on a LAN of its own behind a NAT router on `wan`; returns
+/// the host and its router.
+fn behind_nat(lab: &Lab, wan: &netlab::Switch, name: &str, n: u8, nat: Nat) -> (Host, Host) {
+    let lan = lab.switch(&format!("lan-{name}"));
+    let router = lab.router(
+        &format!("nat-{name}"),
+        (wan, &format!("203.0.113.{}/24", 100 + n)),
+        (&lan, &format!("100.64.{n}.1/24")),
+        nat,
+    );
+    let h = lab.host(name, &lan, &format!("100.64.{n}.2/24"));
+    h.default_route(format!("100.64.{n}.1").parse().expect("address"));
+    (h, router)
+}
+
+/// Milliseconds from `since` to the first frame in `path`.
+fn first_frame_after(path: &std::path::Path, since: Instant, within: Duration) -> u128 {
+    recorded(path, 1, within);
+    since.elapsed().as_millis()
+}
+
+/// The NAT lab: the signalling server and the sources on a public host
+/// (`a`), coturn beside it, members behind NAT routers of every kind.
+struct NatLab {
+    _lab: Lab,
+    s: Scratch,
+    a: Host,
+    /// Public hosts for members that need no NAT.
+    p: Host,
+    g: Host,
+    /// Behind port-preserving NATs.
+    ha: Host,
+    hb: Host,
+    /// Behind symmetric-like NATs.
+    hc: Host,
+    hd: Host,
+    /// Behind a router that passes UDP to the TURN server only.
+    hf: Host,
+    /// The server with STUN and TURN, and one with STUN alone.
+    url: String,
+    url_stun: String,
+    _procs: Vec<Proc>,
+}
+
+fn nat_lab(test: &str) -> Option<NatLab> {
+    let lab = lab_or_skip(test)?;
+    if !netlab::have("turnserver") {
+        let what = format!("{test}: needs coturn (Debian: apt-get install -y coturn)");
+        assert!(
+            std::env::var_os(netlab::REQUIRE).is_none_or(|v| v == "0"),
+            "{what}; {} is set, so this is a failure",
+            netlab::REQUIRE
+        );
+        eprintln!("skipped: {what}");
+        return None;
+    }
+    let s = Scratch::new(test);
+    let wan = lab.switch("wan");
+    let a = lab.host("a", &wan, "203.0.113.1/24");
+    let turn = lab.host("turn", &wan, "203.0.113.3/24");
+    let p = lab.host("p", &wan, "203.0.113.50/24");
+    let g = lab.host("g", &wan, "203.0.113.51/24");
+    let (ha, _) = behind_nat(&lab, &wan, "ha", 1, Nat::PortPreserving);
+    let (hb, _) = behind_nat(&lab, &wan, "hb", 2, Nat::PortPreserving);
+    let (hc, _) = behind_nat(&lab, &wan, "hc", 3, Nat::Symmetric);
+    let (hd, _) = behind_nat(&lab, &wan, "hd", 4, Nat::Symmetric);
+    let (hf, firewall) = behind_nat(&lab, &wan, "hf", 5, Nat::PortPreserving);
+    // hf's router passes UDP to the TURN server only (and TCP to the
+    // signalling server): only a relay candidate of its own connects it.
+    firewall.nft(
+        "table inet turn_only {\n chain forward_udp {\n  type filter hook forward priority filter;\n  \
+         iifname \"eth1\" meta l4proto udp ip daddr != 203.0.113.3 drop\n }\n}\n",
+    );
+    let secret_file = s.path("turn-secret");
+    std::fs::write(&secret_file, "lab-shared-secret").expect("write the TURN secret");
+    let coturn = Proc::spawn_command(
+        &s,
+        "coturn",
+        netlab::coturn(&turn, "lab-shared-secret", &s.0),
+        false,
+    );
+    let turn_log = s.path("turnserver.log");
+    until("coturn to start", Duration::from_secs(20), || {
+        std::fs::read_to_string(&turn_log)
+            .ok()
+            .filter(|l| l.contains("Total General servers"))
+    });
+    let (sig, url) = signal_on(
+        &s,
+        &a,
+        &[
+            "--k",
+            "2",
+            "--k1",
+            "2",
+            "--ice-server",
+            "stun:203.0.113.3:3478",
+            "--ice-server",
+            "turn:203.0.113.3:3478",
+            "--turn-secret-file",
+            secret_file.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let (sig_stun, url_stun) = signal_on_port(
+        &s,
+        &a,
+        8081,
+        &[
+            "--k",
+            "2",
+            "--k1",
+            "2",
+            "--ice-server",
+            "stun:203.0.113.3:3478",
+        ],
+    );
+    Some(NatLab {
+        _lab: lab,
+        s,
+        a,
+        p,
+        g,
+        ha,
+        hb,
+        hc,
+        hd,
+        hf,
+        url,
+        url_stun,
+        _procs: vec![coturn, sig, sig_stun],
+    })
+}
+
+/// (a) A relay behind a NAT joins and records (the source learns its
+/// address from its checks: peer-reflexive candidates); (b) it feeds a leaf
+/// behind another NAT, with STUN from the server's `--ice-server` list.
+#[test]
+fn members_behind_nats_connect_with_stun() {
+    let Some(n) = nat_lab("lab-nat-stun") else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    let s = &n.s;
+    let (_src, tree) = source_on(s, &n.a, &n.url, 1);
+    let rec_a = s.path("a.ivf");
+    let t0 = Instant::now();
+    let _ra = join_on(
+        s,
+        &n.ha,
+        "relay@ha",
+        &n.url,
+        &tree,
+        &["--k", "1", "--record", rec_a.to_str().unwrap()],
+        "depth=1",
+    );
+    let a_ms = first_frame_after(&rec_a, t0, Duration::from_secs(20));
+    let rec_b = s.path("b.ivf");
+    let t0 = Instant::now();
+    let lb = join_on(
+        s,
+        &n.hb,
+        "leaf@hb",
+        &n.url,
+        &tree,
+        &["--k", "0", "--record", rec_b.to_str().unwrap()],
+        "depth=2",
+    );
+    let b_ms = first_frame_after(&rec_b, t0, Duration::from_secs(20));
+    eprintln!(
+        "join to first recorded frame: (a) relay behind a NAT, source public: {a_ms} ms; \
+         (b) leaf behind NAT B below the relay behind NAT A (STUN): {b_ms} ms"
+    );
+    for p in [&_ra, &lb] {
+        let a = alarms(p);
+        assert!(
+            a.is_empty(),
+            "{}: WARN/ERROR lines:\n{}",
+            p.name,
+            a.join("\n")
+        );
+    }
+}
+
+/// (c) Behind two symmetric-like NATs (a new port per destination) a relay
+/// feeds a leaf through TURN, with credentials made per connection from a
+/// secret shared with coturn. The same without TURN fails, which proves
+/// TURN carried it.
+#[test]
+#[ignore = "fails today: through coturn between two symmetric NATs no candidate pair \
+            succeeds (coturn closes the allocations within a second; being diagnosed)"]
+fn symmetric_nats_connect_through_turn_and_only_through_turn() {
+    let Some(n) = nat_lab("lab-nat-turn") else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    let s = &n.s;
+    let (_src, tree) = source_on(s, &n.a, &n.url, 1);
+    let _rc = join_on(
+        s,
+        &n.hc,
+        "relay@hc",
+        &n.url,
+        &tree,
+        &["--k", "1"],
+        "depth=1",
+    );
+    let rec = s.path("c.ivf");
+    let t0 = Instant::now();
+    let _ld = join_on(
+        s,
+        &n.hd,
+        "leaf@hd",
+        &n.url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().unwrap()],
+        "depth=2",
+    );
+    let c_ms = first_frame_after(&rec, t0, Duration::from_secs(20));
+    eprintln!(
+        "join to first recorded frame: (c) both behind symmetric NATs, through TURN: {c_ms} ms"
+    );
+
+    let (_src3, tree3) = source_on(s, &n.a, &n.url_stun, 1);
+    let _rc3 = join_on(
+        s,
+        &n.hc,
+        "relay@hc-stun",
+        &n.url_stun,
+        &tree3,
+        &["--k", "1"],
+        "depth=1",
+    );
+    let rec_none = s.path("c-without-turn.ivf");
+    let ld3 = join_on(
+        s,
+        &n.hd,
+        "leaf@hd-stun",
+        &n.url_stun,
+        &tree3,
+        &["--k", "0", "--record", rec_none.to_str().unwrap()],
+        "depth=2",
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        ivf_frames(&rec_none).is_empty(),
+        "without TURN the leaf behind a symmetric NAT recorded frames: TURN was not what \
+         carried (c)"
+    );
+    assert!(
+        !ld3.log_text().contains("connected to parent"),
+        "without TURN the leaf connected:\n{}",
+        ld3.log_text()
+    );
+}
+
+/// (d) A member that only its own TURN allocation connects (its router lets
+/// UDP through to the TURN server alone) says so, and the server gives it no
+/// children: a leaf that joined below it moves to a public relay, and a
+/// later one goes there at once.
+#[test]
+fn a_member_only_turn_reaches_gets_no_children() {
+    let Some(n) = nat_lab("lab-nat-relayed") else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    let s = &n.s;
+    let (_src, tree) = source_on(s, &n.a, &n.url, 2);
+    let rec_f = s.path("f.ivf");
+    let t0 = Instant::now();
+    let f = join_on(
+        s,
+        &n.hf,
+        "relay@hf",
+        &n.url,
+        &tree,
+        &["--k", "2", "--record", rec_f.to_str().unwrap()],
+        "depth=1",
+    );
+    let p = join_on(s, &n.p, "relay@p", &n.url, &tree, &["--k", "2"], "depth=1");
+    let g = join_on(s, &n.g, "leaf@g", &n.url, &tree, &["--k", "0"], "depth=2");
+    let f_ms = first_frame_after(&rec_f, t0, Duration::from_secs(20));
+    until(
+        "relay@hf to say only TURN reaches it",
+        Duration::from_secs(10),
+        || log_has(&f, "only a TURN relay reaches this member"),
+    );
+    let snapshot = || -> serde_json::Value {
+        let (code, body) =
+            n.a.http_get(
+                &format!("http://{}:8080/api/trees/{tree}", n.a.addr),
+                Duration::from_secs(5),
+            )
+            .expect("the server answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("snapshot JSON")
+    };
+    let (f_id, p_id, g_id) = (relay_peer(&f), relay_peer(&p), relay_peer(&g));
+    let snap = until(
+        "the leaf below the public relay",
+        Duration::from_secs(10),
+        || {
+            let snap = snapshot();
+            (parent_in(&snap, &g_id).as_deref() == Some(p_id.as_str())).then_some(snap)
+        },
+    );
+    let node = snap["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["peer"] == f_id))
+        .cloned()
+        .unwrap_or_else(|| panic!("{f_id} not in {snap}"));
+    assert_eq!(node["relayed"], true, "{snap}");
+    assert_eq!(node["children"], serde_json::json!([]), "{snap}");
+    let h = join_on(s, &n.g, "leaf@g2", &n.url, &tree, &["--k", "0"], "depth=2");
+    let snap = snapshot();
+    assert_eq!(
+        parent_in(&snap, &relay_peer(&h)).as_deref(),
+        Some(p_id.as_str()),
+        "a later leaf went below the relayed member: {snap}"
+    );
+    eprintln!(
+        "join to first recorded frame: (d) relay whose router passes UDP to the TURN server \
+         only: {f_ms} ms; it said so and holds no children"
+    );
 }

@@ -16,7 +16,7 @@ use signalling::client::{Client, ClientError, Events};
 use signalling::protocol::{Event, Role};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use webrtc::peer_connection::RTCPeerConnectionState;
+use webrtc::peer_connection::{RTCIceCandidateType, RTCPeerConnectionState};
 
 use crate::downstream::Downstream;
 use crate::forward::{DataMsg, Hub, PacketLeg, TrackHub};
@@ -136,6 +136,9 @@ pub struct Node {
     /// Children announced before this node had anything to offer them.
     waiting: Vec<String>,
     recording: bool,
+    /// What the server was last told of this node's reachability (rule 8):
+    /// only a TURN relay reaches it.
+    relayed: bool,
 }
 
 /// A child and the state of its negotiation.
@@ -175,6 +178,7 @@ impl Node {
             children: HashMap::new(),
             waiting: Vec::new(),
             recording: false,
+            relayed: false,
         }
     }
 
@@ -351,6 +355,7 @@ impl Node {
                 } else if from_parent && state == RTCPeerConnectionState::Connected {
                     info!(parent = %from, "connected to parent");
                     self.upstream_connected = true;
+                    self.report_reachability().await;
                 } else if from_parent && state == RTCPeerConnectionState::Failed {
                     self.ask_for_another_parent("the connection to the parent failed");
                 }
@@ -435,6 +440,10 @@ impl Node {
         }
         self.upstream_connected = false;
         self.reconnect_after = None;
+        // A new connection to the server starts out directly reachable; the
+        // next upstream says otherwise if it must.
+        self.relayed = false;
+        self.opts.link.ice_servers = client.hello().ice_servers.clone();
         self.client = client;
         self.events = events;
         Ok(())
@@ -465,6 +474,37 @@ impl Node {
             _ => return,
         };
         self.ask_for_another_parent(&why);
+    }
+
+    /// Rule 8: a member whose link to its parent could only be made through
+    /// its own TURN allocation (its candidate in the selected pair is a
+    /// relay: none of its direct candidates reached the parent) would feed
+    /// its children through TURN too, twice the relay's traffic and a
+    /// longer path. It tells the server, which places children elsewhere.
+    async fn report_reachability(&mut self) {
+        let Some(up) = &self.upstream else {
+            return;
+        };
+        let Some((local, remote)) = up.link.selected_pair().await else {
+            return;
+        };
+        debug!(?local, ?remote, "candidate pair to the parent");
+        let relayed = local == RTCIceCandidateType::Relay;
+        if relayed == self.relayed {
+            return;
+        }
+        if relayed {
+            info!(
+                "only a TURN relay reaches this member (its candidate toward the parent is a \
+                 relay); the server will place no children here"
+            );
+        } else {
+            info!("directly reachable again; the server may place children here");
+        }
+        match self.client.reach(relayed) {
+            Ok(()) => self.relayed = relayed,
+            Err(e) => warn!("cannot tell the server this member's reachability: {e}"),
+        }
     }
 
     /// `reconnect`: the server moves this node (with its subtree) under

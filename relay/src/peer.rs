@@ -23,8 +23,9 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, Registry, SettingEngineBuilder,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
 };
 
 use rtc::ice::mdns::MulticastDnsMode;
@@ -513,6 +514,35 @@ impl Link {
                 Ok(Applied::Candidate)
             }
         }
+    }
+
+    /// The pair ICE selected, as (this end's candidate type, the other
+    /// end's), once connected. Every transport of a link is bundled on one
+    /// ICE transport: reached through SCTP, or through a transceiver when
+    /// the link carries no data channel.
+    pub async fn selected_pair(&self) -> Option<(RTCIceCandidateType, RTCIceCandidateType)> {
+        let dtls = match self.pc.sctp().await {
+            Some(sctp) => sctp.transport(),
+            None => {
+                let mut found = None;
+                for t in self.pc.get_transceivers().await {
+                    let Ok(Some(receiver)) = t.receiver().await else {
+                        continue;
+                    };
+                    if let Ok(Some(dtls)) = receiver.transport().await {
+                        found = Some(dtls);
+                        break;
+                    }
+                }
+                found?
+            }
+        };
+        let pair = dtls
+            .ice_transport()
+            .get_selected_candidate_pair()
+            .await
+            .ok()??;
+        Some((pair.local().typ, pair.remote().typ))
     }
 
     /// The remote's description announced data channels.

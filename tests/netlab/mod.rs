@@ -141,7 +141,8 @@ pub struct Switch {
 pub enum Nat {
     /// `masquerade`: one mapping per inside address and port, whatever the
     /// destination, and the inside port kept when free (endpoint-independent
-    /// mapping; filtering stays per destination, as conntrack does).
+    /// mapping; filtering per destination, as conntrack does, and nothing
+    /// unsolicited gets in).
     PortPreserving,
     /// `masquerade fully-random`: a new random port per destination, as the
     /// symmetric NATs that defeat STUN do.
@@ -291,6 +292,18 @@ impl Lab {
             "table ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  \
              oifname \"eth0\" {how}\n }}\n}}\n"
         ));
+        // A home router's firewall: nothing unsolicited from outside. It
+        // matters beyond realism: conntrack records a packet to the router's
+        // own port when it lets it in, and a peer's check that arrives before
+        // the inside host has sent its own then holds the tuple the
+        // masquerade wanted to keep, so the inside host's packets leave from
+        // another port (found by this lab: ICE between two port-preserving
+        // NATs failed). Dropped before confirmation, it leaves no trace.
+        host.nft(
+            "table inet firewall {\n chain input {\n  type filter hook input priority filter;\n  \
+             iifname \"eth0\" ct state new drop\n }\n chain forward {\n  type filter hook \
+             forward priority filter;\n  iifname \"eth0\" ct state new drop\n }\n}\n",
+        );
         host
     }
 
@@ -531,4 +544,47 @@ impl Drop for Lab {
             remove_namespace(ns);
         }
     }
+}
+
+/// coturn, a real STUN/TURN server, on `host`'s address, port 3478. It
+/// takes TURN credentials made from `secret` (its `use-auth-secret`, the
+/// TURN REST scheme `signal --turn-secret-file` speaks). Its files (log,
+/// pid, database) go to `dir`; its log says "Total General servers" when it
+/// is ready.
+pub fn coturn(host: &Host, secret: &str, dir: &Path) -> Command {
+    let ip = host.addr.to_string();
+    let mut c = host.command("turnserver");
+    c.args([
+        "-n",
+        "--listening-ip",
+        &ip,
+        "--relay-ip",
+        &ip,
+        "--listening-port",
+        "3478",
+        "--realm",
+        "lab.example",
+        "--use-auth-secret",
+        &format!("--static-auth-secret={secret}"),
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--fingerprint",
+        "--simple-log",
+        "--verbose",
+        "--min-port",
+        "49152",
+        "--max-port",
+        "49999",
+    ])
+    .arg(format!(
+        "--log-file={}",
+        dir.join("turnserver.log").display()
+    ))
+    .arg(format!(
+        "--pidfile={}",
+        dir.join("turnserver.pid").display()
+    ))
+    .arg(format!("--db={}", dir.join("turndb").display()));
+    c
 }
