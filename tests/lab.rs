@@ -220,14 +220,19 @@ fn loss_run(lab: &Lab, s: &Scratch, loss: u32, secs: u64) -> LossRun {
     recorded(&deep, 1, Duration::from_secs(20));
     recorded(&direct, 1, Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(secs));
-    let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf"))
-        .expect("sample parses")
-        .frames()
-        .to_vec();
+    let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
     LossRun {
         loss,
-        deep: coverage(&ivf_frames(&deep), &file, &format!("depth 2 at {loss}%")),
-        direct: coverage(&ivf_frames(&direct), &file, &format!("depth 1 at {loss}%")),
+        deep: coverage(
+            &ivf_frames_timed(&deep),
+            &file,
+            &format!("depth 2 at {loss}%"),
+        ),
+        direct: coverage(
+            &ivf_frames_timed(&direct),
+            &file,
+            &format!("depth 1 at {loss}%"),
+        ),
         dropped: [&a, &b, &c, &d].iter().map(|h| h.udp_dropped()).sum(),
         sent: [&a, &b, &c, &d].iter().map(|h| h.udp_counters().0).sum(),
     }
@@ -969,5 +974,132 @@ fn a_member_only_turn_reaches_gets_no_children() {
     eprintln!(
         "join to first recorded frame: (d) relay whose router passes UDP to the TURN server \
          only: {f_ms} ms; it said so and holds no children"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A slow child.
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs of consecutive frames a recording holds, in source frames.
+fn runs_of(recorded: &[Vec<u8>], file: &[relay::source::Frame]) -> Vec<usize> {
+    let index: std::collections::HashMap<&[u8], usize> = file
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (&f.data[..], i))
+        .collect();
+    let mut runs = Vec::new();
+    let mut last: Option<usize> = None;
+    for f in recorded {
+        let i = index[&f[..]];
+        match last {
+            Some(l) if (l + 1) % file.len() == i => *runs.last_mut().expect("a run") += 1,
+            _ => runs.push(1),
+        }
+        last = Some(i);
+    }
+    runs
+}
+
+/// One child of a relay sits behind a 200 kbit/s link (both ways) while the
+/// sample needs about 250 kbit/s. Its siblings lose nothing, the relay's
+/// memory stays bounded, and the slow child gets what it can carry.
+#[test]
+fn a_slow_child_hurts_nobody_else() {
+    let Some(lab) = lab_or_skip("a_slow_child_hurts_nobody_else") else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    let s = Scratch::new("lab-slow");
+    let lan = lab.switch("lan");
+    let a = lab.host("a", &lan, "203.0.113.1/24");
+    let b = lab.host("b", &lan, "203.0.113.2/24");
+    let c1 = lab.host("c1", &lan, "203.0.113.11/24");
+    let c2 = lab.host("c2", &lan, "203.0.113.12/24");
+    let slow = lab.host("slow", &lan, "203.0.113.13/24");
+    slow.rate_limit(200, 200);
+    let (_sig, url) = signal_on(&s, &a, &["--k", "3", "--k1", "1"]);
+    let (_src, tree) = source_on(&s, &a, &url, 1);
+    let relay = join_on(&s, &b, "relay@b", &url, &tree, &["--k", "3"], "depth=1");
+    let rss_start = rss_kib(relay.child.id());
+    let recorder = |host: &Host, name: &str| {
+        let path = s.path(&format!("{name}.ivf"));
+        let p = join_on(
+            &s,
+            host,
+            name,
+            &url,
+            &tree,
+            &["--k", "0", "--record", path.to_str().expect("UTF-8 path")],
+            "depth=2",
+        );
+        (p, path)
+    };
+    let (_p1, r1) = recorder(&c1, "fast1");
+    let (_p2, r2) = recorder(&c2, "fast2");
+    let (_p3, r3) = recorder(&slow, "slow");
+    recorded(&r1, 1, Duration::from_secs(20));
+    recorded(&r2, 1, Duration::from_secs(20));
+    let mut rss_peak = rss_start;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_secs(1));
+        rss_peak = rss_peak.max(rss_kib(relay.child.id()));
+    }
+    let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
+    let fast1 = coverage(&ivf_frames_timed(&r1), &file, "fast sibling 1");
+    let fast2 = coverage(&ivf_frames_timed(&r2), &file, "fast sibling 2");
+    let slow_frames = ivf_frames(&r3);
+    let slow_cov = coverage(&ivf_frames_timed(&r3), &file, "slow child");
+    let runs = runs_of(&slow_frames, file.frames());
+    eprintln!(
+        "slow child (200 kbit/s both ways): siblings {:.2}% and {:.2}% of {} and {} frames; the slow \
+         child holds {:.1}% of its span ({} of {} frames) in {} runs (longest {}, median {}); relay \
+         RSS {} KiB at the start, {} KiB at most",
+        fast1.percent(),
+        fast2.percent(),
+        fast1.span,
+        fast2.span,
+        slow_cov.percent(),
+        slow_cov.held,
+        slow_cov.span,
+        runs.len(),
+        runs.iter().max().copied().unwrap_or(0),
+        {
+            let mut r = runs.clone();
+            r.sort_unstable();
+            r.get(r.len() / 2).copied().unwrap_or(0)
+        },
+        rss_start,
+        rss_peak
+    );
+    assert!(
+        fast1.percent() >= 99.9 && fast2.percent() >= 99.9,
+        "a sibling of the slow child lost frames"
+    );
+    // Bounded: per-child queues are bounded, so the relay's memory is too.
+    assert!(rss_peak < 64 * 1024, "relay RSS reached {rss_peak} KiB");
+    // Whole groups of pictures (30 frames each in the sample), not a
+    // frame here and there.
+    let median = {
+        let mut r = runs.clone();
+        r.sort_unstable();
+        r[r.len() / 2]
+    };
+    assert!(
+        slow_cov.percent() >= 30.0 && median >= 30,
+        "the slow child got {:.1}% in runs of median {median} frames",
+        slow_cov.percent()
     );
 }

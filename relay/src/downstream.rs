@@ -17,13 +17,14 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
-use crate::feedback::is_keyframe_request;
+use crate::feedback::{is_keyframe_request, loss_report};
 use crate::forward::{
-    starts_keyframe, ChannelHub, DataMsg, Hub, MessageLeg, PacketLeg, TrackHub, LEG_QUEUE_MESSAGES,
-    LEG_QUEUE_PACKETS,
+    starts_keyframe, ChannelHub, DataMsg, Hub, MessageLeg, PacketLeg, Queued, TrackHub,
+    LEG_QUEUE_MESSAGES, LEG_QUEUE_PACKETS,
 };
 use crate::gop::compress_replay;
 use crate::media::Codec;
+use crate::pace::{Pace, Pacer};
 use crate::peer::{rtp_kind, Link};
 use crate::RelayError;
 
@@ -122,6 +123,7 @@ impl Downstream {
             .await?
             .ok_or_else(|| RelayError::BadSignal("transceiver without a sender".into()))?;
         let (tx, rx) = mpsc::channel(LEG_QUEUE_PACKETS);
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let lagged = Arc::new(AtomicBool::new(false));
         let id = hub.leg_id();
         t.add_leg(PacketLeg {
@@ -139,13 +141,17 @@ impl Downstream {
             connected: self.connected.clone(),
             child: self.link.remote.clone(),
         };
-        self.tasks.push(tokio::spawn(writer.run(rx)));
+        self.tasks.push(tokio::spawn(writer.run(rx, reports_rx)));
         let feedback_hub = t.clone();
         self.tasks.push(tokio::spawn(async move {
             while let Some(ev) = local.poll().await {
                 if let TrackLocalEvent::OnRtcpPacket(pkts) = ev {
                     if pkts.iter().any(|p| is_keyframe_request(p.as_ref())) {
                         feedback_hub.request_keyframe().await;
+                    }
+                    let blocks = pkts.iter().filter_map(|p| loss_report(p.as_ref()));
+                    for (_, lost) in blocks.flatten().filter(|(source, _)| *source == ssrc) {
+                        let _ = reports_tx.send(lost);
                     }
                 }
             }
@@ -193,6 +199,54 @@ impl Downstream {
     }
 }
 
+/// A video leg's pacing (audio is small, and goes at once), and what the
+/// log has said of it.
+struct LegPace {
+    pacer: Option<Pacer>,
+    /// The packet before ended a frame.
+    frame_start: bool,
+    /// The child was last said to be slower than the stream.
+    said_slow: bool,
+}
+
+impl LegPace {
+    fn new(codec: Codec) -> LegPace {
+        LegPace {
+            pacer: codec.is_video().then(|| Pacer::new(Instant::now())),
+            frame_start: true,
+            said_slow: false,
+        }
+    }
+
+    fn on_report(&mut self, lost: f64, child: &str) {
+        let Some(pacer) = self.pacer.as_mut() else {
+            return;
+        };
+        pacer.on_report(lost, Instant::now());
+        debug!(
+            child = %child,
+            lost,
+            rate_bps = ?pacer.rate_bps(),
+            groups_sent = pacer.groups_sent,
+            groups_skipped = pacer.groups_skipped,
+            "receiver report"
+        );
+        let slow = pacer.rate_bps().is_some();
+        if slow != self.said_slow {
+            self.said_slow = slow;
+            match pacer.rate_bps() {
+                Some(bps) => info!(
+                    child = %child,
+                    "the child's link carries about {:.0} kbit/s, less than the stream: it gets \
+                     whole groups of pictures, paced, and skips those it cannot carry",
+                    bps / 1000.0
+                ),
+                None => info!(child = %child, "the child keeps up with the stream again"),
+            }
+        }
+    }
+}
+
 /// Writes one track's packets to one child: its own SSRC and negotiated
 /// payload type, no header extensions (ids are per connection), and only
 /// from a keyframe on.
@@ -208,7 +262,8 @@ struct LegWriter {
 }
 
 impl LegWriter {
-    async fn run(self, mut rx: mpsc::Receiver<Packet>) {
+    async fn run(self, mut rx: mpsc::Receiver<Queued>, mut reports: mpsc::UnboundedReceiver<f64>) {
+        let mut pace = LegPace::new(self.codec);
         let mut payload_type: Option<u8> = None;
         let mut need_keyframe = true;
         // A PLI can be lost and a browser parent sends keyframes only when
@@ -223,7 +278,18 @@ impl LegWriter {
         // The newest sequence number a replay sent: queued packets up to it
         // are copies of what it sent.
         let mut replayed_to: Option<u16> = None;
-        while let Some(p) = rx.recv().await {
+        loop {
+            let (p, at) = tokio::select! {
+                biased;
+                Some(lost) = reports.recv() => {
+                    pace.on_report(lost, &self.child);
+                    continue;
+                }
+                q = rx.recv() => match q {
+                    Some(q) => (q.packet, q.at),
+                    None => break,
+                },
+            };
             if !self.connected.load(Ordering::Acquire) {
                 continue;
             }
@@ -262,7 +328,7 @@ impl LegWriter {
                         {
                             continue;
                         }
-                        self.send(p, pt).await;
+                        self.send_paced(&mut pace, at, p, pt).await;
                         continue;
                     }
                 }
@@ -284,8 +350,27 @@ impl LegWriter {
                 }
             }
             fresh = false;
-            self.send(p, pt).await;
+            self.send_paced(&mut pace, at, p, pt).await;
         }
+    }
+
+    /// One packet queued at `at`, when the child's link can take it, or
+    /// not at all when its group is skipped (pace.rs).
+    async fn send_paced(&self, pace: &mut LegPace, at: Instant, mut p: Packet, pt: u8) {
+        let frame_start = std::mem::replace(&mut pace.frame_start, p.header.marker);
+        if let Some(pacer) = pace.pacer.as_mut() {
+            let group_start = starts_keyframe(self.codec, &p.payload);
+            let now = Instant::now();
+            match pacer.on_packet(at, p.payload.len(), group_start, frame_start, now) {
+                Pace::Skip => return,
+                Pace::SendAt(when) if when > now => {
+                    tokio::time::sleep_until(when.into()).await;
+                }
+                Pace::SendAt(_) => {}
+            }
+            p.header.sequence_number = p.header.sequence_number.wrapping_sub(pacer.seq_offset());
+        }
+        self.send(p, pt).await;
     }
 
     /// The group since the last keyframe, retimed to end at the live edge.

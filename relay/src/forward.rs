@@ -68,10 +68,18 @@ pub struct DataMsg {
     pub data: Bytes,
 }
 
+/// A packet in a leg's queue, and when it was put there: how far behind
+/// the leg's consumer is (pace.rs).
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub packet: Packet,
+    pub at: Instant,
+}
+
 /// A consumer of one track's packets: a child's writer, or the recorder.
 pub struct PacketLeg {
     pub id: u64,
-    pub tx: mpsc::Sender<Packet>,
+    pub tx: mpsc::Sender<Queued>,
     /// Set when packets were dropped for this leg: its writer must wait for
     /// the next keyframe before sending again.
     pub lagged: Arc<AtomicBool>,
@@ -205,7 +213,11 @@ impl TrackHub {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         for leg in legs.iter() {
-            if leg.tx.try_send(pkt.as_ref().clone()).is_err() {
+            let queued = Queued {
+                packet: pkt.as_ref().clone(),
+                at: now,
+            };
+            if leg.tx.try_send(queued).is_err() {
                 self.packets_dropped.fetch_add(1, Ordering::Relaxed);
                 leg.lagged.store(true, Ordering::Relaxed);
             }
@@ -621,7 +633,7 @@ mod tests {
         }
         for seq in 0..10u16 {
             assert_eq!(
-                fast_rx.try_recv().map(|p| p.header.sequence_number),
+                fast_rx.try_recv().map(|q| q.packet.header.sequence_number),
                 Ok(seq)
             );
         }

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod gop;
 pub mod media;
 pub mod node;
+pub mod pace;
 pub mod peer;
 pub mod publish;
 pub mod record;

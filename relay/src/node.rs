@@ -635,8 +635,8 @@ impl Node {
                 // no packet comes to notice it.
                 let deadline = rec.deadline();
                 let pushed = tokio::select! {
-                    p = rx.recv() => match p {
-                        Some(p) => rec.push(&p),
+                    q = rx.recv() => match q {
+                        Some(q) => rec.push(&q.packet),
                         None => break,
                     },
                     _ = sleep_until(deadline) => rec.poll(Instant::now()),

@@ -36,7 +36,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
 
-use crate::feedback::FeedbackTap;
+use crate::feedback::{FeedbackTap, NackDedup};
 use crate::media::Codec;
 use crate::rtx::UnwrapRtx;
 use crate::runtime::RelayRuntime;
@@ -363,6 +363,7 @@ fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError
     }
     let registry = UnwrapRtx::register(registry);
     let registry = FeedbackTap::register(registry);
+    let registry = NackDedup::register(registry);
     Ok((me, registry))
 }
 
@@ -388,7 +389,8 @@ impl Link {
                 // The probe passed but the socket failed now (a route went
                 // away): mDNS off from here on, and this link tries again.
                 mdns_failed(&e);
-                Self::build(cfg, client, remote, &events, MulticastDnsMode::Disabled).await?
+                let off = MulticastDnsMode::Disabled;
+                Self::build(cfg, client, remote, &events, off).await?
             }
             other => other?,
         };

@@ -414,48 +414,83 @@ impl Coverage {
     }
 }
 
-/// The share of the source frames in a recording's span that it holds. Each
-/// recorded frame must be one of the file's, byte for byte; a looping source
-/// repeats the file, so positions are unwrapped by walking forward from
-/// frame to frame (a jump of more than half the file forward is taken as a
-/// jump back, which fails).
-pub fn coverage(recorded: &[Vec<u8>], file: &[relay::source::Frame], what: &str) -> Coverage {
+/// IVF frames of a growing file with their timestamps (in the file's
+/// timebase: the recorder's is 1/90000 s).
+pub fn ivf_frames_timed(path: &Path) -> Vec<(u64, Vec<u8>)> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    if bytes.len() < 32 {
+        return Vec::new();
+    }
+    let header_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
+    let mut at = header_len;
+    let mut frames = Vec::new();
+    while at + 12 <= bytes.len() {
+        let size =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let mut pts = [0u8; 8];
+        pts.copy_from_slice(&bytes[at + 4..at + 12]);
+        let start = at + 12;
+        if start + size > bytes.len() {
+            break;
+        }
+        frames.push((u64::from_le_bytes(pts), bytes[start..start + size].to_vec()));
+        at = start + size;
+    }
+    frames
+}
+
+/// The share of the source frames in a recording's span that it holds.
+/// Each recorded frame must be one of the file's, byte for byte; a looping
+/// source repeats the file, so its place in the unwrapped stream is found
+/// from the frame before: the file's frames in between, plus as many whole
+/// loops as the recording's clock says passed (the source keeps its RTP
+/// clock going across loops, and the recorder writes it as IVF time; a
+/// replayed group's frames sit a millisecond apart, so they count as the
+/// next frames).
+pub fn coverage(
+    recorded: &[(u64, Vec<u8>)],
+    file: &relay::source::VideoFile,
+    what: &str,
+) -> Coverage {
     use std::collections::{HashMap, HashSet};
-    let index: HashMap<&[u8], usize> = file
+    let frames = file.frames();
+    let n = frames.len();
+    let index: HashMap<&[u8], usize> = frames
         .iter()
         .enumerate()
         .map(|(i, f)| (&f.data[..], i))
         .collect();
-    assert_eq!(index.len(), file.len(), "{what}: the file repeats a frame");
-    let n = file.len();
-    let mut position: Option<(usize, usize)> = None; // (unwrapped, file index)
-    let mut first = 0;
+    assert_eq!(index.len(), n, "{what}: the file repeats a frame");
+    // 90 kHz ticks per frame.
+    let tick = file.loop_period().as_secs_f64() * 90_000.0 / n as f64;
     let mut seen = HashSet::new();
     let mut repeated = 0;
-    for (k, f) in recorded.iter().enumerate() {
+    let mut at: Option<(usize, usize, u64)> = None; // (unwrapped, file index, pts)
+    let mut first = 0;
+    for (k, (pts, data)) in recorded.iter().enumerate() {
         let i = *index
-            .get(&f[..])
+            .get(&data[..])
             .unwrap_or_else(|| panic!("{what}: recorded frame {k} is not one of the file's"));
-        let u = match position {
+        let u = match at {
             None => {
                 first = i;
                 i
             }
-            Some((u, at)) => {
-                let ahead = (i + n - at) % n;
-                assert!(
-                    ahead <= n / 2,
-                    "{what}: recorded frame {k} (file frame {i}) jumps back from file frame {at}"
-                );
-                u + ahead
+            Some((u, prev, prev_pts)) => {
+                let ahead = ((i + n - prev) % n) as f64;
+                let by_clock = (pts.saturating_sub(prev_pts)) as f64 / tick;
+                let loops = ((by_clock - ahead) / n as f64).round().max(0.0);
+                u + (ahead + loops * n as f64) as usize
             }
         };
         if !seen.insert(u) {
             repeated += 1;
         }
-        position = Some((u, i));
+        at = Some((u, i, *pts));
     }
-    let span = position.map_or(0, |(u, _)| u - first + 1);
+    let span = at.map_or(0, |(u, _, _)| u - first + 1);
     Coverage {
         span,
         held: seen.len(),
