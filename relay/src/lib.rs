@@ -17,6 +17,7 @@ pub mod node;
 pub mod peer;
 pub mod publish;
 pub mod record;
+pub mod relayed_checks;
 pub mod reorder;
 pub mod repair;
 pub mod rtx;
