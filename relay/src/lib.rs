@@ -18,6 +18,7 @@ pub mod pace;
 pub mod peer;
 pub mod publish;
 pub mod record;
+pub mod relayed_checks;
 pub mod reorder;
 pub mod repair;
 pub mod rtx;

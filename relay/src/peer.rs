@@ -38,6 +38,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 
 use crate::feedback::{FeedbackTap, NackDedup};
 use crate::media::Codec;
+use crate::relayed_checks::RelayedCheckGate;
 use crate::rtx::UnwrapRtx;
 use crate::runtime::RelayRuntime;
 use crate::RelayError;
@@ -74,7 +75,9 @@ const ICE_BINDING_REQUESTS: u16 = 28;
 /// A pair learned from the other side's check (peer-reflexive) is used at
 /// once. With candidates trickled through the server a child's check often
 /// arrives before its candidate does, and webrtc-rs's 1 s wait for a better
-/// pair was the largest outlier in the churn driver's recovery times.
+/// pair was the largest outlier in the churn driver's recovery times. A check
+/// that came through a TURN server looks peer-reflexive too: relayed_checks.rs
+/// holds those back for the relay wait.
 const ICE_PRFLX_WAIT: Duration = Duration::ZERO;
 
 /// How this process treats the `.local` names that browsers hide their
@@ -120,7 +123,8 @@ fn is_io_error(e: &RelayError) -> bool {
 /// A TURN server is used only after 500 ms (webrtc-rs waits 2 s): a direct
 /// pair that works is usually valid by then, and a path that needs the relay
 /// (both ends behind symmetric NATs) took 2.5-2.8 s to carry media with the
-/// default.
+/// default. Checks that arrive through a TURN server before its relay
+/// candidate is signalled wait as long (relayed_checks.rs).
 const ICE_RELAY_WAIT: Duration = Duration::from_millis(500);
 
 /// The ICE servers a link can use, from the server's `hello`. webrtc-rs
@@ -223,11 +227,18 @@ struct Handler {
     remote: String,
     client: Client,
     events: LinkEvents,
+    gate: Arc<RelayedCheckGate>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, ev: RTCPeerConnectionIceEvent) {
+        if ev.candidate.typ == RTCIceCandidateType::Relay {
+            // The server it came from relays the other end's checks too.
+            if let Ok(ip) = ev.candidate.address.parse() {
+                self.gate.add_relay(ip);
+            }
+        }
         let Ok(mut init) = ev.candidate.to_json() else {
             return;
         };
@@ -384,13 +395,14 @@ impl Link {
         remote: &str,
         events: LinkEvents,
     ) -> Result<Arc<Link>, RelayError> {
-        let pc = match Self::build(cfg, client, remote, &events, mdns_mode()).await {
+        let gate = Arc::new(RelayedCheckGate::new(ICE_RELAY_WAIT));
+        let pc = match Self::build(cfg, client, remote, &events, &gate, mdns_mode()).await {
             Err(e) if mdns_mode() != MulticastDnsMode::Disabled && is_io_error(&e) => {
                 // The probe passed but the socket failed now (a route went
                 // away): mDNS off from here on, and this link tries again.
                 mdns_failed(&e);
                 let off = MulticastDnsMode::Disabled;
-                Self::build(cfg, client, remote, &events, off).await?
+                Self::build(cfg, client, remote, &events, &gate, off).await?
             }
             other => other?,
         };
@@ -409,6 +421,7 @@ impl Link {
         client: &Client,
         remote: &str,
         events: &LinkEvents,
+        gate: &Arc<RelayedCheckGate>,
         mdns: MulticastDnsMode,
     ) -> Result<impl PeerConnection, RelayError> {
         let (me, registry) = media_engine_and_interceptors()?;
@@ -431,6 +444,9 @@ impl Link {
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
         let ice_servers = usable_ice_servers(&cfg.ice_servers);
+        for url in ice_servers.iter().flat_map(|s| &s.urls) {
+            gate.add_turn_url(url);
+        }
         let builder = PeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -440,7 +456,7 @@ impl Link {
             .with_media_engine(me)
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
-            .with_runtime(Arc::new(RelayRuntime::default()))
+            .with_runtime(Arc::new(RelayRuntime::with_gate(gate.clone())))
             // Without a bound a stalled child's channel buffers without
             // limit; with it, sends wait, the child's leg queue fills, and the
             // node drops that child (forward.rs).
@@ -449,6 +465,7 @@ impl Link {
                 remote: remote.to_owned(),
                 client: client.clone(),
                 events: events.clone(),
+                gate: gate.clone(),
             }));
         let addrs: Vec<SocketAddr> = if cfg.udp_addrs.is_empty() {
             vec![SocketAddr::from(([0, 0, 0, 0], 0))]

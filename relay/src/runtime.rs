@@ -1,4 +1,5 @@
-//! webrtc's tokio runtime with larger UDP receive buffers.
+//! webrtc's tokio runtime with larger UDP receive buffers and, per link, the
+//! gate that holds back relayed checks (relayed_checks.rs).
 //!
 //! At 20,000 packets/s the kernel's default receive buffer (about 208 KB)
 //! overflows between two reads of the relay's upstream socket and packets are
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
+
+use crate::relayed_checks::{GatedUdpSocket, RelayedCheckGate};
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime,
     TokioRuntime,
@@ -25,12 +28,25 @@ pub const UDP_RECV_BUFFER: usize = 4 << 20;
 #[derive(Debug)]
 pub struct RelayRuntime {
     inner: TokioRuntime,
+    /// Every socket's inbound checks pass through it (relayed_checks.rs).
+    gate: Option<Arc<RelayedCheckGate>>,
 }
 
 impl Default for RelayRuntime {
     fn default() -> Self {
         RelayRuntime {
             inner: TokioRuntime,
+            gate: None,
+        }
+    }
+}
+
+impl RelayRuntime {
+    /// A runtime for one link, whose sockets hold back relayed checks.
+    pub fn with_gate(gate: Arc<RelayedCheckGate>) -> Self {
+        RelayRuntime {
+            inner: TokioRuntime,
+            gate: Some(gate),
         }
     }
 }
@@ -54,7 +70,14 @@ impl Runtime for RelayRuntime {
         if let Err(e) = s.set_recv_buffer_size(UDP_RECV_BUFFER) {
             debug!("SO_RCVBUF not raised: {e}");
         }
-        self.inner.wrap_udp_socket(sock)
+        let inner = self.inner.wrap_udp_socket(sock)?;
+        Ok(match &self.gate {
+            Some(gate) => Arc::new(GatedUdpSocket {
+                inner,
+                gate: gate.clone(),
+            }),
+            None => inner,
+        })
     }
 
     fn wrap_tcp_listener(&self, l: std::net::TcpListener) -> io::Result<Arc<dyn AsyncTcpListener>> {

@@ -307,6 +307,21 @@ impl Lab {
         host
     }
 
+    /// The Internet beyond the public segment `sw`: a host at `cidr` that
+    /// hosts can route through ([`Host::default_route`] to its address) and
+    /// that drops, without a word, whatever is not addressed to itself. It
+    /// forwards nothing and so answers nothing with ICMP either (Linux sends
+    /// no unreachable when forwarding is off), as packets sent to a private
+    /// address vanish on the real Internet. A server that sends to addresses
+    /// its clients merely announced (a TURN server relaying checks to private
+    /// host candidates) needs this: with no route at all its `sendto` fails
+    /// with ENETUNREACH, which no server on the Internet sees.
+    pub fn internet(&self, sw: &Switch, cidr: &str) -> Host {
+        let host = self.host("internet", sw, cidr);
+        host.run(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        host
+    }
+
     /// Names of this lab's namespaces, for logs.
     pub fn namespaces(&self) -> Vec<String> {
         self.namespaces
@@ -551,6 +566,14 @@ impl Drop for Lab {
 /// TURN REST scheme `signal --turn-secret-file` speaks). Its files (log,
 /// pid, database) go to `dir`; its log says "Total General servers" when it
 /// is ready.
+///
+/// `host` needs a default route (see [`Lab::internet`]): coturn closes an
+/// allocation when a send from its relay port fails. In this lab, where
+/// hosts had no default route, every allocation with a permission for a
+/// peer's private host candidate (100.64.x.2) was closed within a second
+/// ("closed (2nd stage) ... reason: general" in its log, "udp send: Network
+/// is unreachable" on its stderr, one for one), and a link that needed TURN
+/// never connected.
 pub fn coturn(host: &Host, secret: &str, dir: &Path) -> Command {
     let ip = host.addr.to_string();
     let mut c = host.command("turnserver");
