@@ -199,9 +199,23 @@ impl Downstream {
     }
 }
 
+/// webrtc-rs (0.21.1) registers a remote track only between two reads of
+/// its socket, so packets that reach a peer in the same read as the track's
+/// first packet are dropped ("Failed to get track_remote") after its NACK
+/// generator counted them as received: they are never repaired. Through a
+/// TURN server, whose data arrives in batches, that was the first two
+/// packets of the replayed keyframe, and the child waited a whole group for
+/// the next. So a child's stream starts with a padding-only packet (a
+/// number of its own, no media), which opens the track, and its media this
+/// long after it, in later reads.
+const PRIMER_PACKETS: u16 = 1;
+const PRIMER_GAP: Duration = Duration::from_millis(20);
+
 /// A video leg's pacing (audio is small, and goes at once), and what the
 /// log has said of it.
 struct LegPace {
+    /// The primer has gone out.
+    primed: bool,
     pacer: Option<Pacer>,
     /// The packet before ended a frame.
     frame_start: bool,
@@ -212,6 +226,7 @@ struct LegPace {
 impl LegPace {
     fn new(codec: Codec) -> LegPace {
         LegPace {
+            primed: false,
             pacer: codec.is_video().then(|| Pacer::new(Instant::now())),
             frame_start: true,
             said_slow: false,
@@ -313,7 +328,7 @@ impl LegWriter {
                     if let Some(group) = self.hub.gop_snapshot() {
                         let last = group.last().map(|g| g.header.sequence_number);
                         let n = group.len();
-                        self.replay(group, pt).await;
+                        self.replay(&mut pace, group, pt).await;
                         info!(
                             child = %self.child,
                             "started {} from the current group ({n} packets) {} ms after connected",
@@ -356,7 +371,7 @@ impl LegWriter {
 
     /// One packet queued at `at`, when the child's link can take it, or
     /// not at all when its group is skipped (pace.rs).
-    async fn send_paced(&self, pace: &mut LegPace, at: Instant, mut p: Packet, pt: u8) {
+    async fn send_paced(&self, pace: &mut LegPace, at: Instant, p: Packet, pt: u8) {
         let frame_start = std::mem::replace(&mut pace.frame_start, p.header.marker);
         if let Some(pacer) = pace.pacer.as_mut() {
             let group_start = starts_keyframe(self.codec, &p.payload);
@@ -368,17 +383,42 @@ impl LegWriter {
                 }
                 Pace::SendAt(_) => {}
             }
-            p.header.sequence_number = p.header.sequence_number.wrapping_sub(pacer.seq_offset());
         }
-        self.send(p, pt).await;
+        self.emit(pace, p, pt).await;
     }
 
     /// The group since the last keyframe, retimed to end at the live edge.
-    async fn replay(&self, mut group: Vec<Packet>, pt: u8) {
+    async fn replay(&self, pace: &mut LegPace, mut group: Vec<Packet>, pt: u8) {
         compress_replay(&mut group, self.codec.clock_rate());
         for g in group {
-            self.send(g, pt).await;
+            self.emit(pace, g, pt).await;
         }
+    }
+
+    /// One packet in this child's numbering: after the primer the first time
+    /// (see [`PRIMER_PACKETS`]), and without the packets its pacer skipped.
+    async fn emit(&self, pace: &mut LegPace, mut p: Packet, pt: u8) {
+        if !pace.primed {
+            pace.primed = true;
+            for i in 0..PRIMER_PACKETS {
+                let mut pad = Packet {
+                    header: p.header.clone(),
+                    payload: bytes::Bytes::new(),
+                };
+                pad.header.sequence_number = p.header.sequence_number.wrapping_add(i);
+                pad.header.marker = false;
+                pad.header.padding = true;
+                self.send(pad, pt).await;
+            }
+            tokio::time::sleep(PRIMER_GAP).await;
+        }
+        let skipped = pace.pacer.as_ref().map_or(0, Pacer::seq_offset);
+        p.header.sequence_number = p
+            .header
+            .sequence_number
+            .wrapping_add(PRIMER_PACKETS)
+            .wrapping_sub(skipped);
+        self.send(p, pt).await;
     }
 
     /// The payload type this leg negotiated, asked once (None until the

@@ -119,7 +119,10 @@ impl Upstream {
                         activity.opened.elapsed().as_millis()
                     );
                 }
-                if hub_track.forward(&p) == Forwarded::AwaitingKeyframe {
+                // Padding (a parent's primer, downstream.rs) carries no
+                // picture to ask a keyframe for.
+                let waiting = hub_track.forward(&p) == Forwarded::AwaitingKeyframe;
+                if waiting && !p.payload.is_empty() {
                     hub_track.request_keyframe().await;
                 }
             }
