@@ -5,18 +5,19 @@
 //! packets, so a loss between this relay and a child is repaired by this
 //! relay, never by the source.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Attribute, Packet, Registry, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     nack_pairs_from_sequence_numbers, TransportLayerNack,
 };
-use rtc::sansio::Protocol;
+
+use crate::tap::{self, ReadTap};
 
 /// At most one keyframe request per track per this interval goes upstream
 /// (PROTOCOL.md, media rules).
@@ -27,10 +28,7 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// inbound RTCP, and a relay never learns that a child needs a keyframe or
 /// how much of its stream is lost on the way (pace.rs).
 #[derive(Default)]
-pub struct FeedbackTap {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
+pub struct FeedbackTap;
 
 impl FeedbackTap {
     /// Above the default chain (reports sit at 10000-11000), so the NACK
@@ -38,18 +36,12 @@ impl FeedbackTap {
     const SLOT: usize = 14_000;
 
     pub fn register(registry: Registry) -> Registry {
-        registry.with(Slot::from(Self::SLOT), FeedbackTap::default())
+        tap::register(registry, Self::SLOT, FeedbackTap)
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+impl ReadTap for FeedbackTap {
+    fn on_read(&mut self, msg: &mut TaggedPacket) -> bool {
         if let Packet::Rtcp(pkts) = &msg.message.packet {
             // webrtc-rs routes a compound by its first packet's destination
             // SSRC, and drops it whole when that packet names none (a report
@@ -66,29 +58,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }
-        self.read.push_back(msg);
-        Ok(())
+        true
     }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for FeedbackTap {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 /// Suppresses NACKs for packets repaired less than a round trip ago,
@@ -109,8 +80,6 @@ pub struct NackDedup {
     repaired: HashMap<(u32, u16), Instant>,
     /// Round trip to the receiver, smoothed.
     rtt: Option<Duration>,
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
 }
 
 /// Until a report gives the round trip, a repair may go again this soon.
@@ -126,7 +95,7 @@ impl NackDedup {
     const SLOT: usize = 3_000;
 
     pub fn register(registry: Registry) -> Registry {
-        registry.with(Slot::from(Self::SLOT), NackDedup::default())
+        tap::register(registry, Self::SLOT, NackDedup::default())
     }
 
     /// How long after a repair the same packet may be repaired again.
@@ -200,14 +169,8 @@ fn nack_seqs(nack: &TransportLayerNack) -> Vec<u16> {
         .collect()
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for NackDedup {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+impl ReadTap for NackDedup {
+    fn on_read(&mut self, msg: &mut TaggedPacket) -> bool {
         let now = msg.now;
         if let Packet::Rtcp(pkts) = &mut msg.message.packet {
             for p in pkts.iter_mut() {
@@ -232,31 +195,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackDedup {
                 }
             }
         }
-        self.read.push_back(msg);
-        Ok(())
+        true
     }
 
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for NackDedup {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
         self.repaired.retain(|(ssrc, _), _| *ssrc != info.ssrc);
     }
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 pub fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {

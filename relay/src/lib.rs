@@ -24,6 +24,7 @@ pub mod repair;
 pub mod rtx;
 pub mod runtime;
 pub mod source;
+pub mod tap;
 pub mod upstream;
 
 /// Errors of the media engine.

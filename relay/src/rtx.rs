@@ -11,19 +11,17 @@
 //! This interceptor sits below the generator and unwraps first, so one loss
 //! costs one NACK and one repair.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::HashMap;
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::sansio::Protocol;
+use rtc::interceptor::{Attribute, Packet, Registry, StreamInfo, TaggedPacket};
+
+use crate::tap::{self, ReadTap};
 
 /// Remote RTX streams: RTX SSRC -> (primary SSRC, primary payload type, RTX
 /// payload type).
 #[derive(Default)]
 pub struct UnwrapRtx {
     streams: HashMap<u32, (u32, u8, u8)>,
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
 }
 
 impl UnwrapRtx {
@@ -31,7 +29,7 @@ impl UnwrapRtx {
     const SLOT: usize = 6_500;
 
     pub fn register(registry: Registry) -> Registry {
-        registry.with(Slot::from(Self::SLOT), UnwrapRtx::default())
+        tap::register(registry, Self::SLOT, UnwrapRtx::default())
     }
 }
 
@@ -54,14 +52,8 @@ pub fn unwrap(
     Some(p)
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for UnwrapRtx {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+impl ReadTap for UnwrapRtx {
+    fn on_read(&mut self, msg: &mut TaggedPacket) -> bool {
         if let Packet::Rtp(p) = &mut msg.message.packet {
             if let Some(&primary) = self.streams.get(&p.header.ssrc) {
                 match unwrap(std::mem::take(p), primary) {
@@ -69,31 +61,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for UnwrapRtx {
                         *p = repaired;
                         msg.message.add(Attribute::Retransmission);
                     }
-                    None => return Ok(()),
+                    None => return false,
                 }
             }
         }
-        self.read.push_back(msg);
-        Ok(())
+        true
     }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for UnwrapRtx {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
 
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
         if let (Some(rtx), Some(rtx_pt)) = (info.ssrc_rtx, info.payload_type_rtx) {

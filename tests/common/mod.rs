@@ -152,8 +152,25 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        // CI keeps only the test's output, not the scratch directory: a
+        // failing test shows how each of its processes ended.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!(
+                "---- {} (last {} of {} log lines) ----\n{}",
+                self.name,
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
+
+/// Log lines of each process a failing test prints.
+const LOG_TAIL: usize = 30;
 
 /// A signalling server on a free loopback port; returns it and its ws URL.
 pub fn signal_server(scratch: &Scratch, extra: &[&str]) -> (Proc, String) {
@@ -183,26 +200,7 @@ pub fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) 
 /// IVF frames of a file that may still be growing: a partial last frame is
 /// left out rather than treated as corruption.
 pub fn ivf_frames(path: &Path) -> Vec<Vec<u8>> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Vec::new();
-    };
-    if bytes.len() < 32 {
-        return Vec::new();
-    }
-    let header_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
-    let mut at = header_len;
-    let mut frames = Vec::new();
-    while at + 12 <= bytes.len() {
-        let size =
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let start = at + 12;
-        if start + size > bytes.len() {
-            break;
-        }
-        frames.push(bytes[start..start + size].to_vec());
-        at = start + size;
-    }
-    frames
+    ivf_frames_timed(path).into_iter().map(|(_, f)| f).collect()
 }
 
 /// A source looping `video` with one child slot and its data channel fed
@@ -213,8 +211,17 @@ pub fn looping_source(s: &Scratch, url: &str, video: &Path) -> (Proc, String) {
 
 /// `looping_source` with `k1` child slots.
 pub fn looping_source_k1(s: &Scratch, url: &str, video: &Path, k1: u32) -> (Proc, String) {
-    let k1 = k1.to_string();
-    let args = [
+    let mut args = looping_source_args(url, video, k1);
+    args.extend(["--data-in".to_owned(), "-".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let src = Proc::spawn(s, "source", &args, true);
+    let tree = tree_id(&src);
+    (src, tree)
+}
+
+/// `source` looping `video` into a tree of `url`'s server with `k1` slots.
+pub fn looping_source_args(url: &str, video: &Path, k1: u32) -> Vec<String> {
+    [
         "source",
         "--file",
         video.to_str().expect("UTF-8 path"),
@@ -222,13 +229,10 @@ pub fn looping_source_k1(s: &Scratch, url: &str, video: &Path, k1: u32) -> (Proc
         "--signal",
         url,
         "--k1",
-        &k1,
-        "--data-in",
-        "-",
-    ];
-    let src = Proc::spawn(s, "source", &args, true);
-    let tree = tree_id(&src);
-    (src, tree)
+        &k1.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// The tree id a source prints on its `tree:` line.

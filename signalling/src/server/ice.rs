@@ -163,10 +163,11 @@ fn redacted(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(url: &str, user: Option<&str>, cred: Option<&str>) -> IceServer {
+    /// An `ice_servers` entry with one URL (for the tests of turn.rs too).
+    pub(crate) fn entry(url: &str, user: Option<&str>, cred: Option<&str>) -> IceServer {
         IceServer {
             urls: vec![url.to_owned()],
             username: user.map(str::to_owned),

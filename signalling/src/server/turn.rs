@@ -123,16 +123,9 @@ pub(crate) fn ice_servers_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::ice::tests::entry;
 
     const HOUR: Duration = Duration::from_secs(3600);
-
-    fn entry(url: &str, user: Option<&str>, cred: Option<&str>) -> IceServer {
-        IceServer {
-            urls: vec![url.to_owned()],
-            username: user.map(str::to_owned),
-            credential: cred.map(str::to_owned),
-        }
-    }
 
     /// The expected value comes from Python's standard library, not from
     /// this code:

@@ -1,0 +1,84 @@
+//! The shell our interceptors share. A webrtc-rs interceptor is a sans-I/O
+//! stage with a queue each way that passes every packet on; ours only look
+//! at (and may change or drop) what comes in, and follow stream bindings.
+//! The stage is written once here; each of ours says what it does.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use rtc::interceptor::{Interceptor, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::sansio::Protocol;
+
+/// What one of our interceptors does.
+pub trait ReadTap: Send + Sync + 'static {
+    /// An inbound packet on its way up the chain; false drops it.
+    fn on_read(&mut self, msg: &mut TaggedPacket) -> bool;
+
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// A [`ReadTap`] as a stage of the chain.
+pub struct Tap<T> {
+    inner: T,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+/// Puts `tap` at `slot` of the chain (reads go from low slots to high,
+/// writes the other way).
+pub fn register<T: ReadTap>(registry: Registry, slot: usize, tap: T) -> Registry {
+    registry.with(
+        Slot::from(slot),
+        Tap {
+            inner: tap,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        },
+    )
+}
+
+impl<T: ReadTap> Protocol<TaggedPacket, TaggedPacket, ()> for Tap<T> {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if self.inner.on_read(&mut msg) {
+            self.read.push_back(msg);
+        }
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl<T: ReadTap> Interceptor for Tap<T> {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+
+    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+        self.inner.unbind_local_stream(info);
+    }
+
+    fn bind_remote_stream(&mut self, info: &StreamInfo) {
+        self.inner.bind_remote_stream(info);
+    }
+
+    fn unbind_remote_stream(&mut self, info: &StreamInfo) {
+        self.inner.unbind_remote_stream(info);
+    }
+}
