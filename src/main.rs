@@ -56,17 +56,49 @@ const DEFAULT_LOG: &str = "warn,peer_tree_relay=info,relay=info,signalling=info,
                            rtc_dtls::config=error,rtc_dtls::handshake=error,\
                            rtc_mdns::proto=error,rtc::peer_connection::handler=error";
 
-/// Leaves out one webrtc-rs error that a relay provokes on purpose. Over
-/// TURN, webrtc-rs drops the packets that arrive in the same read as a
-/// track's first one, before it has registered the track, with an ERROR
-/// each ("Failed to get track_remote"). So every relay starts a child's
-/// stream with a padding packet that opens the track and carries no media,
-/// and its media 20 ms later (relay/src/downstream.rs, the primer): that
-/// padding packet is what is dropped, once per such child, and the line
-/// would say something failed when nothing did.
-struct PrimerDrop;
+/// webrtc-rs errors that say something failed when nothing did, left out
+/// of the log. `RUST_LOG` does not bring them back: they are the driver's
+/// lines of normal events.
+const NOISE: &[DriverNoise] = &[
+    // Over TURN, webrtc-rs drops the packets that arrive in the same read as
+    // a track's first one, before it has registered the track, with an
+    // ERROR each. So every relay starts a child's stream with a padding
+    // packet that opens the track and carries no media, and its media 20 ms
+    // later (relay/src/downstream.rs, the primer): that padding packet is
+    // what is dropped, once per such child.
+    DriverNoise {
+        starts: "Failed to get track_remote",
+        contains: "",
+    },
+    // ICE checks every pair of candidates, and a peer's LAN address behind
+    // its NAT, or any address at all from a host without a default route,
+    // is one this host has no route to: each check to it is an ERROR, 20 a
+    // second until another pair wins. A pair that fails is ICE's own
+    // business; a connection that fails is reported by the node.
+    DriverNoise {
+        starts: "Failed to write packet to",
+        contains: "Network is unreachable",
+    },
+    DriverNoise {
+        starts: "Failed to write packet to",
+        contains: "No route to host",
+    },
+];
 
-impl<S> tracing_subscriber::layer::Filter<S> for PrimerDrop {
+struct DriverNoise {
+    starts: &'static str,
+    contains: &'static str,
+}
+
+impl DriverNoise {
+    fn matches(&self, message: &str) -> bool {
+        message.starts_with(self.starts) && message.contains(self.contains)
+    }
+}
+
+struct LeaveOutNoise;
+
+impl<S> tracing_subscriber::layer::Filter<S> for LeaveOutNoise {
     fn enabled(
         &self,
         _: &tracing::Metadata<'_>,
@@ -86,7 +118,7 @@ impl<S> tracing_subscriber::layer::Filter<S> for PrimerDrop {
         if target != DRIVER && target != "log" {
             return true;
         }
-        let mut seen = IsPrimerDrop {
+        let mut seen = IsNoise {
             driver: target == DRIVER,
             message: false,
         };
@@ -97,12 +129,12 @@ impl<S> tracing_subscriber::layer::Filter<S> for PrimerDrop {
 
 const DRIVER: &str = "webrtc::peer_connection::driver";
 
-struct IsPrimerDrop {
+struct IsNoise {
     driver: bool,
     message: bool,
 }
 
-impl tracing::field::Visit for IsPrimerDrop {
+impl tracing::field::Visit for IsNoise {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if field.name() == "log.target" && value == DRIVER {
             self.driver = true;
@@ -110,10 +142,9 @@ impl tracing::field::Visit for IsPrimerDrop {
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message"
-            && format!("{value:?}").starts_with("Failed to get track_remote")
-        {
-            self.message = true;
+        if field.name() == "message" {
+            let message = format!("{value:?}");
+            self.message = NOISE.iter().any(|n| n.matches(&message));
         }
     }
 }
@@ -145,7 +176,7 @@ fn run() -> Result<()> {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(PrimerDrop),
+                .with_filter(LeaveOutNoise),
         )
         .init();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;

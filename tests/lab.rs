@@ -59,18 +59,8 @@ fn signal_on_port(s: &Scratch, host: &Host, port: u16, extra: &[&str]) -> (Proc,
 
 /// A source looping the sample on `host`; returns it and the tree id.
 fn source_on(s: &Scratch, host: &Host, url: &str, k1: u32) -> (Proc, String) {
-    let video = sample("testsrc-640x360-vp8.ivf");
-    let k1 = k1.to_string();
-    let args = [
-        "source",
-        "--file",
-        video.to_str().expect("UTF-8 path"),
-        "--loop",
-        "--signal",
-        url,
-        "--k1",
-        &k1,
-    ];
+    let args = looping_source_args(url, &sample("testsrc-640x360-vp8.ivf"), k1);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = Proc::spawn_command(
         s,
         &format!("source@{}", host.name),
@@ -293,6 +283,81 @@ fn losses_are_repaired_on_every_hop() {
         );
         assert_eq!(r.deep.repeated, 0, "at {}%: frames recorded twice", r.loss);
     }
+}
+
+/// Seconds since midnight of a log line's timestamp
+/// (`2026-11-30T19:50:43.687694Z ...`), for differences within one run.
+fn log_secs(line: &str) -> Option<f64> {
+    let clock = line.get(11..26)?;
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Milliseconds from the first line containing `from` to the first
+/// containing `to` in a process's log.
+fn log_gap_ms(p: &Proc, from: &str, to: &str) -> Option<f64> {
+    let log = p.log_text();
+    let at = |needle: &str| log.lines().find(|l| l.contains(needle)).and_then(log_secs);
+    Some((at(to)? - at(from)?) * 1000.0)
+}
+
+/// Handshakes finish however their datagrams are lost: with a fifth of the
+/// UDP lost each way, every member connects. webrtc-rs's DTLS stopped its
+/// retransmit timer when the peer repeated a flight, so one lost datagram of
+/// flight 4 or 5 hung a handshake for good (vendor/README.md); with that,
+/// about one join in seven here never connected.
+#[test]
+fn handshakes_complete_through_heavy_loss() {
+    let Some(lab) = lab_or_skip("handshakes_complete_through_heavy_loss") else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    let members = 12;
+    let s = Scratch::new("lab-handshake");
+    let lan = lab.switch("lan");
+    let a = lab.host("a", &lan, "203.0.113.1/24");
+    let b = lab.host("b", &lan, "203.0.113.2/24");
+    a.drop_udp(20);
+    b.drop_udp(20);
+    let k1 = members.to_string();
+    let (_sig, url) = signal_on(&s, &a, &["--k1", &k1]);
+    let (_src, tree) = source_on(&s, &a, &url, members);
+    let joined: Vec<Proc> = (0..members)
+        .map(|i| {
+            Proc::spawn_command(
+                &s,
+                &format!("member{i}@b"),
+                bin_in(&b, &["join", &tree, "--signal", &url, "--k", "0"]),
+                false,
+            )
+        })
+        .collect();
+    let connected = "connected to parent";
+    until(
+        &format!("{members} members connected through 20% loss"),
+        Duration::from_secs(40),
+        || {
+            joined
+                .iter()
+                .all(|p| log_has(p, connected).is_some())
+                .then_some(())
+        },
+    );
+    let times: Vec<f64> = joined
+        .iter()
+        .map(|p| log_gap_ms(p, "joined tree", connected).expect("timestamps in the log"))
+        .collect();
+    let worst = times.iter().copied().fold(0.0, f64::max);
+    let (median, _) = percentiles(times);
+    eprintln!(
+        "20% UDP loss each way: {members} of {members} members connected, median {median:.0} ms \
+         from join to connected, longest {worst:.0} ms; {} of {} datagrams dropped",
+        a.udp_dropped() + b.udp_dropped(),
+        a.udp_counters().0 + b.udp_counters().0
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -798,37 +863,12 @@ fn members_behind_nats_connect_with_stun() {
         return;
     };
     let _serial = one_at_a_time();
-    let s = &n.s;
-    let (_src, tree) = source_on(s, &n.a, &n.url, 1);
-    let rec_a = s.path("a.ivf");
-    let t0 = Instant::now();
-    let _ra = join_on(
-        s,
-        &n.ha,
-        "relay@ha",
-        &n.url,
-        &tree,
-        &["--k", "1", "--record", rec_a.to_str().unwrap()],
-        "depth=1",
-    );
-    let a_ms = first_frame_after(&rec_a, t0, Duration::from_secs(20));
-    let rec_b = s.path("b.ivf");
-    let t0 = Instant::now();
-    let lb = join_on(
-        s,
-        &n.hb,
-        "leaf@hb",
-        &n.url,
-        &tree,
-        &["--k", "0", "--record", rec_b.to_str().unwrap()],
-        "depth=2",
-    );
-    let b_ms = first_frame_after(&rec_b, t0, Duration::from_secs(20));
+    let (a_ms, b_ms, procs) = relay_and_leaf_behind_nats(&n, &n.url);
     eprintln!(
         "join to first recorded frame: (a) relay behind a NAT, source public: {a_ms} ms; \
          (b) leaf behind NAT B below the relay behind NAT A (STUN): {b_ms} ms"
     );
-    for p in [&_ra, &lb] {
+    for p in &procs {
         let a = alarms(p);
         assert!(
             a.is_empty(),
@@ -837,6 +877,40 @@ fn members_behind_nats_connect_with_stun() {
             a.join("\n")
         );
     }
+}
+
+/// A tree from the public source: a relay behind port-preserving NAT A,
+/// a leaf behind NAT B below it, both recording. Returns the ms from each
+/// one's join to its first recorded frame, and the processes (the source
+/// first).
+fn relay_and_leaf_behind_nats(n: &NatLab, url: &str) -> (u128, u128, Vec<Proc>) {
+    let s = &n.s;
+    let (src, tree) = source_on(s, &n.a, url, 1);
+    let rec_a = s.path(&format!("a-{}.ivf", tree));
+    let t0 = Instant::now();
+    let ra = join_on(
+        s,
+        &n.ha,
+        "relay@ha",
+        url,
+        &tree,
+        &["--k", "1", "--record", rec_a.to_str().expect("UTF-8 path")],
+        "depth=1",
+    );
+    let a_ms = first_frame_after(&rec_a, t0, Duration::from_secs(20));
+    let rec_b = s.path(&format!("b-{}.ivf", tree));
+    let t0 = Instant::now();
+    let lb = join_on(
+        s,
+        &n.hb,
+        "leaf@hb",
+        url,
+        &tree,
+        &["--k", "0", "--record", rec_b.to_str().expect("UTF-8 path")],
+        "depth=2",
+    );
+    let b_ms = first_frame_after(&rec_b, t0, Duration::from_secs(20));
+    (a_ms, b_ms, vec![src, ra, lb])
 }
 
 /// (c) Behind two symmetric-like NATs (a new port per destination) a relay
@@ -1078,6 +1152,11 @@ fn a_slow_child_hurts_nobody_else() {
     let slow_frames = ivf_frames(&r3);
     let slow_cov = coverage(&ivf_frames_timed(&r3), &file, "slow child");
     let runs = runs_of(&slow_frames, file.frames());
+    let median = {
+        let mut r = runs.clone();
+        r.sort_unstable();
+        r.get(r.len() / 2).copied().unwrap_or(0)
+    };
     eprintln!(
         "slow child (200 kbit/s both ways): siblings {:.2}% and {:.2}% of {} and {} frames; the slow \
          child holds {:.1}% of its span ({} of {} frames) in {} runs (longest {}, median {}); relay \
@@ -1091,11 +1170,7 @@ fn a_slow_child_hurts_nobody_else() {
         slow_cov.span,
         runs.len(),
         runs.iter().max().copied().unwrap_or(0),
-        {
-            let mut r = runs.clone();
-            r.sort_unstable();
-            r.get(r.len() / 2).copied().unwrap_or(0)
-        },
+        median,
         rss_start,
         rss_peak
     );
@@ -1107,11 +1182,6 @@ fn a_slow_child_hurts_nobody_else() {
     assert!(rss_peak < 64 * 1024, "relay RSS reached {rss_peak} KiB");
     // Whole groups of pictures (30 frames each in the sample), not a
     // frame here and there.
-    let median = {
-        let mut r = runs.clone();
-        r.sort_unstable();
-        r[r.len() / 2]
-    };
     assert!(
         slow_cov.percent() >= 30.0 && median >= 30,
         "the slow child got {:.1}% in runs of median {median} frames",
@@ -1144,31 +1214,7 @@ fn bad_ice_servers_cost_only_their_candidates() {
             "stun:203.0.113.3:3478",
         ],
     );
-    let (_src, tree) = source_on(s, &n.a, &url, 1);
-    let rec_a = s.path("a.ivf");
-    let t0 = Instant::now();
-    let _ra = join_on(
-        s,
-        &n.ha,
-        "relay@ha",
-        &url,
-        &tree,
-        &["--k", "1", "--record", rec_a.to_str().unwrap()],
-        "depth=1",
-    );
-    let a_ms = first_frame_after(&rec_a, t0, Duration::from_secs(20));
-    let rec_b = s.path("b.ivf");
-    let t0 = Instant::now();
-    let _lb = join_on(
-        s,
-        &n.hb,
-        "leaf@hb",
-        &url,
-        &tree,
-        &["--k", "0", "--record", rec_b.to_str().unwrap()],
-        "depth=2",
-    );
-    let b_ms = first_frame_after(&rec_b, t0, Duration::from_secs(20));
+    let (a_ms, b_ms, _procs) = relay_and_leaf_behind_nats(&n, &url);
     eprintln!(
         "with a dead STUN server, a dead TURN server and a wrong TURN credential in the list: \
          relay behind a NAT recorded {a_ms} ms after joining, the leaf behind another NAT \
