@@ -759,6 +759,9 @@ struct NatLab {
     url: String,
     url_stun: String,
     _procs: Vec<Proc>,
+    /// Last, so it is released after the lab's processes and namespaces
+    /// are gone: the whole lab, its setup included, is one test's.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 fn nat_lab(test: &str) -> Option<NatLab> {
@@ -773,6 +776,7 @@ fn nat_lab(test: &str) -> Option<NatLab> {
         eprintln!("skipped: {what}");
         return None;
     }
+    let serial = one_at_a_time();
     let s = Scratch::new(test);
     let wan = lab.switch("wan");
     let a = lab.host("a", &wan, "203.0.113.1/24");
@@ -851,6 +855,7 @@ fn nat_lab(test: &str) -> Option<NatLab> {
         url,
         url_stun,
         _procs: vec![coturn, sig, sig_stun],
+        _serial: serial,
     })
 }
 
@@ -862,7 +867,6 @@ fn members_behind_nats_connect_with_stun() {
     let Some(n) = nat_lab("lab-nat-stun") else {
         return;
     };
-    let _serial = one_at_a_time();
     let (a_ms, b_ms, procs) = relay_and_leaf_behind_nats(&n, &n.url);
     eprintln!(
         "join to first recorded frame: (a) relay behind a NAT, source public: {a_ms} ms; \
@@ -922,7 +926,6 @@ fn symmetric_nats_connect_through_turn_and_only_through_turn() {
     let Some(n) = nat_lab("lab-nat-turn") else {
         return;
     };
-    let _serial = one_at_a_time();
     let s = &n.s;
     let (_src, tree) = source_on(s, &n.a, &n.url, 1);
     let _rc = join_on(
@@ -1005,7 +1008,6 @@ fn a_member_only_turn_reaches_gets_no_children() {
     let Some(n) = nat_lab("lab-nat-relayed") else {
         return;
     };
-    let _serial = one_at_a_time();
     let s = &n.s;
     let (_src, tree) = source_on(s, &n.a, &n.url, 2);
     let rec_f = s.path("f.ivf");
@@ -1197,7 +1199,6 @@ fn bad_ice_servers_cost_only_their_candidates() {
     let Some(n) = nat_lab("lab-nat-bad-ice") else {
         return;
     };
-    let _serial = one_at_a_time();
     let s = &n.s;
     let (_sig, url) = signal_on_port(
         s,

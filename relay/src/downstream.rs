@@ -238,18 +238,19 @@ impl LegPace {
             return;
         };
         pacer.on_report(lost, Instant::now());
+        let rate = pacer.rate_bps();
         debug!(
             child = %child,
             lost,
-            rate_bps = ?pacer.rate_bps(),
+            rate_bps = ?rate,
             groups_sent = pacer.groups_sent,
             groups_skipped = pacer.groups_skipped,
             "receiver report"
         );
-        let slow = pacer.rate_bps().is_some();
+        let slow = rate.is_some();
         if slow != self.said_slow {
             self.said_slow = slow;
-            match pacer.rate_bps() {
+            match rate {
                 Some(bps) => info!(
                     child = %child,
                     "the child's link carries about {:.0} kbit/s, less than the stream: it gets \

@@ -209,6 +209,13 @@ impl Pacer {
 mod tests {
     use super::*;
 
+    /// `n` packets of `bytes`, each a whole frame, queued and sent at `t`.
+    fn whole_frames(p: &mut Pacer, n: usize, bytes: usize, t: Instant) {
+        for _ in 0..n {
+            p.on_packet(t, bytes, false, true, t);
+        }
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -281,24 +288,18 @@ mod tests {
     fn a_clear_link_lets_a_limiting_rate_grow_and_finally_go() {
         let t0 = Instant::now();
         let mut p = Pacer::new(t0);
-        for _ in 0..20 {
-            p.on_packet(t0, 1000, false, true, t0);
-        }
+        whole_frames(&mut p, 20, 1000, t0);
         p.on_report(0.5, t0 + ms(1000));
         let r0 = p.rate_bps().expect("paced");
         // The report right after still tells of the old rate: no change.
         let mut t = t0 + ms(1000);
-        for _ in 0..20 {
-            p.on_packet(t, 1000, false, true, t);
-        }
+        whole_frames(&mut p, 20, 1000, t);
         t += ms(1000);
         p.on_report(0.6, t);
         assert_eq!(p.rate_bps(), Some(r0));
         // Held back, no loss: grows, slowly since the rate is at the
         // headroom mark of what the link carried.
-        for _ in 0..20 {
-            p.on_packet(t, 1000, false, true, t);
-        }
+        whole_frames(&mut p, 20, 1000, t);
         t += ms(1000);
         p.on_report(0.0, t);
         let r1 = p.rate_bps().expect("still paced");
@@ -316,9 +317,7 @@ mod tests {
     fn below_what_the_link_carried_the_rate_grows_fast() {
         let t0 = Instant::now();
         let mut p = Pacer::new(t0);
-        for _ in 0..20 {
-            p.on_packet(t0, 1000, false, true, t0);
-        }
+        whole_frames(&mut p, 20, 1000, t0);
         p.on_report(0.5, t0 + ms(1000));
         let mark = p.rate_bps().expect("paced");
         // Eased off by moderate loss, after the hold...
@@ -327,9 +326,7 @@ mod tests {
         let eased = p.rate_bps().expect("paced");
         assert!((eased / mark - EASE).abs() < 1e-9);
         // ...it climbs back quickly, and no higher than the mark.
-        for _ in 0..40 {
-            p.on_packet(t, 1000, false, true, t);
-        }
+        whole_frames(&mut p, 40, 1000, t);
         t += ms(1000);
         p.on_report(0.0, t);
         assert_eq!(p.rate_bps(), Some(mark));
@@ -339,9 +336,7 @@ mod tests {
     fn moderate_loss_changes_nothing() {
         let t0 = Instant::now();
         let mut p = Pacer::new(t0);
-        for _ in 0..30 {
-            p.on_packet(t0, 1200, false, true, t0);
-        }
+        whole_frames(&mut p, 30, 1200, t0);
         p.on_report(0.05, t0 + ms(1000));
         assert_eq!(p.rate_bps(), None, "5% random loss is not a full link");
     }

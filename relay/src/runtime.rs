@@ -29,16 +29,7 @@ pub const UDP_RECV_BUFFER: usize = 4 << 20;
 pub struct RelayRuntime {
     inner: TokioRuntime,
     /// Every socket's inbound checks pass through it (relayed_checks.rs).
-    gate: Option<Arc<RelayedCheckGate>>,
-}
-
-impl Default for RelayRuntime {
-    fn default() -> Self {
-        RelayRuntime {
-            inner: TokioRuntime,
-            gate: None,
-        }
-    }
+    gate: Arc<RelayedCheckGate>,
 }
 
 impl RelayRuntime {
@@ -46,7 +37,7 @@ impl RelayRuntime {
     pub fn with_gate(gate: Arc<RelayedCheckGate>) -> Self {
         RelayRuntime {
             inner: TokioRuntime,
-            gate: Some(gate),
+            gate,
         }
     }
 }
@@ -71,13 +62,10 @@ impl Runtime for RelayRuntime {
             debug!("SO_RCVBUF not raised: {e}");
         }
         let inner = self.inner.wrap_udp_socket(sock)?;
-        Ok(match &self.gate {
-            Some(gate) => Arc::new(GatedUdpSocket {
-                inner,
-                gate: gate.clone(),
-            }),
-            None => inner,
-        })
+        Ok(Arc::new(GatedUdpSocket {
+            inner,
+            gate: self.gate.clone(),
+        }))
     }
 
     fn wrap_tcp_listener(&self, l: std::net::TcpListener) -> io::Result<Arc<dyn AsyncTcpListener>> {
