@@ -22,7 +22,7 @@ use crate::forward::{
     starts_keyframe, ChannelHub, DataMsg, Hub, MessageLeg, PacketLeg, Queued, TrackHub,
     LEG_QUEUE_MESSAGES, LEG_QUEUE_PACKETS,
 };
-use crate::gop::compress_replay;
+use crate::gop::{AfterReplay, Replayed};
 use crate::media::Codec;
 use crate::pace::{Pace, Pacer};
 use crate::peer::{rtp_kind, Link};
@@ -291,9 +291,8 @@ impl LegWriter {
         // Nothing sent yet: the start may replay the current group (gop.rs).
         // Later waits (after an overflow) do not: the child has most of it.
         let mut fresh = true;
-        // The newest sequence number a replay sent: queued packets up to it
-        // are copies of what it sent.
-        let mut replayed_to: Option<u16> = None;
+        // What the replay sent (gop.rs), while repairs of its holes may come.
+        let mut replayed: Option<Replayed> = None;
         loop {
             let (p, at) = tokio::select! {
                 biased;
@@ -315,21 +314,19 @@ impl LegWriter {
                 need_keyframe = true;
                 asked = None;
             }
-            if let Some(last) = replayed_to {
-                if (p.header.sequence_number.wrapping_sub(last) as i16) <= 0 {
-                    continue;
-                }
-                replayed_to = None;
-            }
+            replayed = replayed.filter(|r| !r.expired(at));
             let Some(pt) = self.payload_type(&mut payload_type).await else {
                 continue;
             };
             if need_keyframe && !starts_keyframe(self.codec, &p.payload) {
                 if fresh {
-                    if let Some(group) = self.hub.gop_snapshot() {
-                        let last = group.last().map(|g| g.header.sequence_number);
+                    if let Some(mut group) = self.hub.gop_snapshot() {
                         let n = group.len();
-                        self.replay(&mut pace, group, pt).await;
+                        replayed =
+                            Replayed::retime(&mut group, self.codec.clock_rate(), Instant::now());
+                        for g in group {
+                            self.emit(&mut pace, g, pt).await;
+                        }
                         info!(
                             child = %self.child,
                             "started {} from the current group ({n} packets) {} ms after connected",
@@ -338,21 +335,15 @@ impl LegWriter {
                         );
                         fresh = false;
                         need_keyframe = false;
-                        replayed_to = last;
-                        if last
-                            .is_some_and(|l| (p.header.sequence_number.wrapping_sub(l) as i16) <= 0)
-                        {
-                            continue;
-                        }
-                        self.send_paced(&mut pace, at, p, pt).await;
-                        continue;
                     }
                 }
-                if asked.is_none_or(|t| t.elapsed() >= KEYFRAME_REASK) {
-                    asked = Some(Instant::now());
-                    self.hub.request_keyframe().await;
+                if need_keyframe {
+                    if asked.is_none_or(|t| t.elapsed() >= KEYFRAME_REASK) {
+                        asked = Some(Instant::now());
+                        self.hub.request_keyframe().await;
+                    }
+                    continue;
                 }
-                continue;
             }
             if need_keyframe {
                 need_keyframe = false;
@@ -366,6 +357,18 @@ impl LegWriter {
                 }
             }
             fresh = false;
+            if let Some(r) = &replayed {
+                match r.judge(&p) {
+                    AfterReplay::Live => {}
+                    AfterReplay::Skip => continue,
+                    AfterReplay::Repair(ts) => {
+                        let mut p = p;
+                        p.header.timestamp = ts;
+                        self.emit(&mut pace, p, pt).await;
+                        continue;
+                    }
+                }
+            }
             self.send_paced(&mut pace, at, p, pt).await;
         }
     }
@@ -386,14 +389,6 @@ impl LegWriter {
             }
         }
         self.emit(pace, p, pt).await;
-    }
-
-    /// The group since the last keyframe, retimed to end at the live edge.
-    async fn replay(&self, pace: &mut LegPace, mut group: Vec<Packet>, pt: u8) {
-        compress_replay(&mut group, self.codec.clock_rate());
-        for g in group {
-            self.emit(pace, g, pt).await;
-        }
     }
 
     /// One packet in this child's numbering: after the primer the first time

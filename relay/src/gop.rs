@@ -13,12 +13,14 @@
 //! timestamps a millisecond apart that end at the newest frame's own, so a
 //! receiver decodes the group in one go and carries on at the live edge.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rtc::rtp::packet::Packet;
 
 use crate::forward::starts_keyframe;
 use crate::media::Codec;
+use crate::repair::MAX_LATE_SECONDS;
 
 /// Beyond this (a long keyframe interval at a high rate) the group is
 /// dropped and children wait for the next keyframe as before: a burst of
@@ -115,6 +117,71 @@ pub fn compress_replay(packets: &mut [Packet], clock_rate: u32) {
         }
         next_ts = Some(ts);
         p.header.timestamp = newest.wrapping_sub(frames_after.wrapping_mul(step));
+    }
+}
+
+/// What a replay sent, so that the live packets queued behind it are told
+/// apart: copies of what it sent, and repairs of holes it had.
+///
+/// A group is snapshotted as it stands. A packet lost upstream and not yet
+/// repaired is a hole in it, and its repair reaches the child's queue after
+/// the replay. Skipping every queued packet up to the replay's newest (as
+/// copies) dropped those repairs. The child then asked for them in vain
+/// until it gave up and asked for a keyframe: measured in the lab at 3%
+/// loss, a 666 ms freeze at join.
+#[derive(Debug)]
+pub struct Replayed {
+    newest: u16,
+    sent: HashSet<u16>,
+    /// The replayed frames' timestamps: original -> retimed.
+    retimed: HashMap<u32, u32>,
+    at: Instant,
+}
+
+/// A queued packet, against the replay before it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterReplay {
+    /// Newer than anything replayed: the live stream.
+    Live,
+    /// Sent by the replay already, or of a frame it did not carry at all
+    /// (no timestamp to give it): dropped.
+    Skip,
+    /// A hole's repair, to go with its frame's new timestamp.
+    Repair(u32),
+}
+
+impl Replayed {
+    /// Retimes `group` for a replay ([`compress_replay`]) and remembers
+    /// what it holds.
+    pub fn retime(group: &mut [Packet], clock_rate: u32, now: Instant) -> Option<Replayed> {
+        let newest = group.last()?.header.sequence_number;
+        let original: Vec<u32> = group.iter().map(|p| p.header.timestamp).collect();
+        compress_replay(group, clock_rate);
+        Some(Replayed {
+            newest,
+            sent: group.iter().map(|p| p.header.sequence_number).collect(),
+            retimed: original
+                .into_iter()
+                .zip(group.iter().map(|p| p.header.timestamp))
+                .collect(),
+            at: now,
+        })
+    }
+
+    pub fn judge(&self, p: &Packet) -> AfterReplay {
+        let seq = p.header.sequence_number;
+        if (seq.wrapping_sub(self.newest) as i16) > 0 {
+            return AfterReplay::Live;
+        }
+        match self.retimed.get(&p.header.timestamp) {
+            Some(&ts) if !self.sent.contains(&seq) => AfterReplay::Repair(ts),
+            _ => AfterReplay::Skip,
+        }
+    }
+
+    /// Past the time any repair of it could still come (repair.rs).
+    pub fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.at) > Duration::from_secs(MAX_LATE_SECONDS.into())
     }
 }
 
@@ -240,5 +307,29 @@ mod tests {
                 newest
             ]
         );
+    }
+
+    #[test]
+    fn a_hole_in_the_replay_is_repaired_with_its_frames_new_timestamp() {
+        // Frames at 0, 3000 and 6000; packet 12 (of the second frame) was
+        // lost upstream when the group was taken.
+        let mut group = vec![
+            vp8(10, 0, true, 100),
+            vp8(11, 3000, false, 100),
+            vp8(13, 3000, false, 100),
+            vp8(14, 6000, false, 100),
+        ];
+        let r = Replayed::retime(&mut group, 90_000, t0()).expect("a group");
+        assert_eq!(group[1].header.timestamp, 6000 - 90);
+        assert_eq!(
+            r.judge(&vp8(12, 3000, false, 100)),
+            AfterReplay::Repair(6000 - 90)
+        );
+        assert_eq!(r.judge(&vp8(11, 3000, false, 100)), AfterReplay::Skip);
+        // Of a frame the replay never had: no timestamp to give it.
+        assert_eq!(r.judge(&vp8(9, 1, false, 100)), AfterReplay::Skip);
+        assert_eq!(r.judge(&vp8(15, 9000, false, 100)), AfterReplay::Live);
+        assert!(!r.expired(t0() + Duration::from_millis(1000)));
+        assert!(r.expired(t0() + Duration::from_millis(1001)));
     }
 }

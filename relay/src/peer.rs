@@ -29,16 +29,18 @@ use webrtc::peer_connection::{
 };
 
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
+use rtc::interceptor::{NackResponderBuilder, Slot};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
 
-use crate::feedback::{FeedbackTap, NackDedup};
+use crate::feedback::FeedbackTap;
 use crate::media::Codec;
+use crate::nack::AskForRepairs;
 use crate::relayed_checks::RelayedCheckGate;
+use crate::resend::ChildRepairs;
 use crate::rtx::UnwrapRtx;
 use crate::runtime::RelayRuntime;
 use crate::RelayError;
@@ -294,26 +296,19 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Repairs by NACK, hop by hop. webrtc-rs's defaults (a 512-packet receive
-/// log, a 1024-packet send history, a NACK every 100 ms for as long as the
-/// packet is missing) are sized for one browser stream: at the relay's
-/// 15,000 packets/s a loss leaves the log before its first NACK, and an
-/// unanswerable NACK is repeated forever. Here: a receive log (a bitmap) of
-/// half a second at that rate; a send history of 136 ms at that rate and
-/// seconds at video rates (it preallocates a slot per packet, ~250 KB per
-/// child and track); a NACK every 50 ms (a repair costs half the wait); at
-/// most 10 NACKs per packet (half a second of tries, then a keyframe
-/// request takes over downstream).
-const NACK_LOG_PACKETS: u16 = 8192;
-const NACK_HISTORY_PACKETS: u16 = 2048;
-const NACK_INTERVAL: Duration = Duration::from_millis(50);
-const NACKS_PER_PACKET: u16 = 10;
+/// Repairs by NACK, hop by hop. webrtc-rs's responder keeps 1024 sent
+/// packets by default, sized for one browser stream: at the relay's 15,000
+/// packets/s a loss leaves it before the NACK can come back. Here: a send
+/// history of 136 ms at that rate and seconds at video rates (it
+/// preallocates a slot per packet, ~250 KB per child and track). NACKs are
+/// ours (nack.rs).
+pub(crate) const NACK_HISTORY_PACKETS: u16 = 2048;
 
 /// The codecs every link offers and accepts (each video codec with its RTX
 /// companion, so repairs to browsers travel as RFC 4588 retransmissions),
-/// and the interceptor chain: webrtc-rs's default one with the NACK sizes
-/// above, RTX unwrapped before the NACK generator (rtx.rs), and the
-/// feedback tap (feedback.rs).
+/// and the interceptor chain: webrtc-rs's default one with the NACK history
+/// above and our NACKs (nack.rs), RTX unwrapped before them (rtx.rs), and
+/// the feedback tap (feedback.rs).
 fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError> {
     let mut me = MediaEngine::default();
     // Codecs before feedback: `register_feedback` adds its lines to the
@@ -334,21 +329,13 @@ fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError
             RtpCodecKind::Video,
         );
     }
-    let registry = Registry::new()
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new()
-                .with_size(NACK_HISTORY_PACKETS)
-                .build(),
-        )
-        .with(
-            Slot::NackGenerator,
-            NackGeneratorBuilder::new()
-                .with_size(NACK_LOG_PACKETS)
-                .with_interval(NACK_INTERVAL)
-                .with_max_nacks_per_packet(NACKS_PER_PACKET)
-                .build(),
-        );
+    let registry = Registry::new().with(
+        Slot::NackResponder,
+        NackResponderBuilder::new()
+            .with_size(NACK_HISTORY_PACKETS)
+            .build(),
+    );
+    let registry = AskForRepairs::register(registry);
     configure_simulcast_extension_headers(&mut me)?;
     let registry = configure_twcc_receiver_only(registry, &mut me)?;
     let registry = configure_rtcp_reports(registry);
@@ -374,7 +361,7 @@ fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError
     }
     let registry = UnwrapRtx::register(registry);
     let registry = FeedbackTap::register(registry);
-    let registry = NackDedup::register(registry);
+    let registry = ChildRepairs::register(registry);
     Ok((me, registry))
 }
 

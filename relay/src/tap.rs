@@ -1,7 +1,8 @@
 //! The shell our interceptors share. A webrtc-rs interceptor is a sans-I/O
-//! stage with a queue each way that passes every packet on; ours only look
-//! at (and may change or drop) what comes in, and follow stream bindings.
-//! The stage is written once here; each of ours says what it does.
+//! stage with a queue each way that passes every packet on; ours look at
+//! (and may change or drop) what comes in, watch what goes out and may add
+//! to it on a timer, and follow stream bindings. The stage is written once
+//! here; each of ours says what it does.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -13,6 +14,20 @@ use rtc::sansio::Protocol;
 pub trait ReadTap: Send + Sync + 'static {
     /// An inbound packet on its way up the chain; false drops it.
     fn on_read(&mut self, msg: &mut TaggedPacket) -> bool;
+
+    /// An outbound packet on its way down the chain.
+    fn on_write(&mut self, _: &TaggedPacket) {}
+
+    /// When [`ReadTap::on_timeout`] next has something to do.
+    fn next_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Packets to send down the chain at `now`. (webrtc-rs flushes writes
+    /// after a timeout; reads made then would wait for the next packet in.)
+    fn on_timeout(&mut self, _now: Instant) -> Vec<TaggedPacket> {
+        Vec::new()
+    }
 
     fn bind_remote_stream(&mut self, _: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
@@ -58,12 +73,24 @@ impl<T: ReadTap> Protocol<TaggedPacket, TaggedPacket, ()> for Tap<T> {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.inner.on_write(&msg);
         self.write.push_back(msg);
         Ok(())
     }
 
     fn poll_write(&mut self) -> Option<TaggedPacket> {
         self.write.pop_front()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+        if self.inner.next_timeout().is_some_and(|t| t <= now) {
+            self.write.extend(self.inner.on_timeout(now));
+        }
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.inner.next_timeout()
     }
 }
 
