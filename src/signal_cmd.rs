@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use signalling::protocol::IceServer;
 use signalling::server::{
-    self, lacks_credentials, parse_ice_url, ServerConfig, TlsIdentity, TokenKey, TurnRest,
-    DEFAULT_MAX_CONNS_PER_IP,
+    self, lacks_credentials, parse_ice_url, ServerConfig, ServerError, TlsIdentity, TokenKey,
+    TurnRest, DEFAULT_MAX_CONNS_PER_IP,
 };
 use tracing::info;
 
@@ -98,18 +98,6 @@ pub struct SignalArgs {
 
 impl SignalArgs {
     pub fn config(&self) -> Result<ServerConfig> {
-        if self.k1 == 0 {
-            bail!("--k1 must be at least 1: a source with no children can reach nobody");
-        }
-        if self.ping_interval.is_zero() {
-            bail!("--ping-interval must be more than 0 (for example 5s)");
-        }
-        if self.rate == 0 {
-            bail!("--rate must be at least 1 message per second");
-        }
-        if self.max_message < 1024 {
-            bail!("--max-message must be at least 1024 bytes: SDP offers are larger than that");
-        }
         let ice_servers = self
             .ice_servers
             .iter()
@@ -131,7 +119,7 @@ impl SignalArgs {
             // clap's `requires` rejects one without the other.
             _ => None,
         };
-        Ok(ServerConfig {
+        let cfg = ServerConfig {
             k: self.k,
             k1: self.k1,
             ice_servers,
@@ -145,7 +133,14 @@ impl SignalArgs {
             tls,
             token_key,
             ..ServerConfig::default()
-        })
+        };
+        match cfg.validate() {
+            Err(ServerError::InvalidSetting { setting, rule }) => {
+                bail!("--{} {rule}", setting.replace('_', "-"))
+            }
+            other => other?,
+        }
+        Ok(cfg)
     }
 
     /// The secret for TURN servers listed without credentials. Either both

@@ -107,7 +107,9 @@ pub async fn run(args: SourceArgs) -> Result<()> {
     let _ = std::io::stdout().flush();
 
     let (hub, overflow) = Hub::new();
-    let stream_id = format!("peer-tree-{}", &created.tree[..created.tree.len().min(8)]);
+    // The id comes from the server: cut by characters, not bytes.
+    let short: String = created.tree.chars().take(8).collect();
+    let stream_id = format!("peer-tree-{short}");
     let video_track = hub.track(TrackSpec {
         codec: video.codec(),
         stream_id: stream_id.clone(),

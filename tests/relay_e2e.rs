@@ -242,6 +242,50 @@ fn stalled_child_is_dropped_and_its_sibling_loses_nothing() {
     frozen.signal("CONT");
 }
 
+/// A frozen parent (SIGSTOP) whose child has nowhere else to go: the child
+/// calls it silent (`reconnect`), the server checks it at once and removes
+/// it, and the child records again from the source seconds later. It took
+/// about 13 s, until the server's regular pings gave up on the parent.
+#[test]
+fn a_frozen_parent_is_found_in_seconds_without_a_spare_slot() {
+    let s = Scratch::new("frozen-no-slot");
+    let (_sig, url) = signal_server(&s, &["--k", "1", "--k1", "1"]);
+    let (_src, tree) = looping_source(&s, &url, &sample("testsrc-640x360-vp8.ivf"));
+    let r1 = relay(&s, "r1", &url, &tree, &["--k", "1"], "connected to parent");
+    let rec = s.path("r2.ivf");
+    let _r2 = relay(
+        &s,
+        "r2",
+        &url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().unwrap()],
+        "depth=2",
+    );
+    until("r2 records", Duration::from_secs(30), || {
+        (ivf_frames(&rec).len() >= 30).then_some(())
+    });
+    r1.signal("STOP");
+    let stopped = Instant::now();
+    // What was on its way when r1 stopped lands first.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = ivf_frames(&rec).len();
+    until("r2 records again", Duration::from_secs(20), || {
+        (ivf_frames(&rec).len() > before).then_some(())
+    });
+    let again = stopped.elapsed();
+    eprintln!(
+        "r1 stopped: r2 recorded again {} ms later",
+        again.as_millis()
+    );
+    // The child's silence (1.5 s) + the server's check (1 s) + a new
+    // connection; without the check, over 10 s.
+    assert!(
+        again < Duration::from_secs(6),
+        "recorded again after {again:?}"
+    );
+    r1.signal("CONT");
+}
+
 /// Ctrl-C on the source closes the tree for everyone at once; a relay says
 /// so and exits 0.
 #[test]

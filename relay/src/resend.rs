@@ -31,7 +31,7 @@
 //! losses that high come from a full queue, where more packets only make
 //! more losses (pace.rs deals with that child).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{Attribute, Packet, Registry, StreamInfo, TaggedPacket};
@@ -56,8 +56,9 @@ const SECOND_COPY_MAX_LOSS: f64 = 0.10;
 pub struct ChildRepairs {
     /// (media SSRC, sequence number) -> when a repair last went out.
     repaired: HashMap<(u32, u16), Instant>,
-    /// Second copies, and when they are due.
-    second: Vec<(Instant, TaggedPacket)>,
+    /// Second copies, and when they are due (in the order they were made,
+    /// which is the order they are due while the round trip holds still).
+    second: VecDeque<(Instant, TaggedPacket)>,
     /// The newest sequence number sent, per SSRC: an older one going out is
     /// a late packet, a repair.
     newest_sent: HashMap<u32, u16>,
@@ -146,28 +147,25 @@ impl ChildRepairs {
         };
         if repair && self.loss <= SECOND_COPY_MAX_LOSS && self.second.len() < REPAIRS_REMEMBERED {
             self.second
-                .push((msg.now + self.repair_again_after(), copy(msg, msg.now)));
+                .push_back((msg.now + self.repair_again_after(), copy(msg)));
         }
     }
 
     /// Second copies due at `now`.
     fn due(&mut self, now: Instant) -> Vec<TaggedPacket> {
         let mut out = Vec::new();
-        self.second.retain(|(at, msg)| {
-            if *at > now {
-                return true;
-            }
-            out.push(copy(msg, now));
-            false
-        });
+        while let Some((_, mut msg)) = self.second.pop_front_if(|(at, _)| *at <= now) {
+            msg.now = now;
+            out.push(msg);
+        }
         out
     }
 }
 
-/// `msg` again, stamped `now` (webrtc-rs's packets are not `Clone`).
-fn copy(msg: &TaggedPacket, now: Instant) -> TaggedPacket {
+/// `msg` again (webrtc-rs's packets are not `Clone`).
+fn copy(msg: &TaggedPacket) -> TaggedPacket {
     TaggedPacket {
-        now,
+        now: msg.now,
         transport: msg.transport,
         message: msg.message.clone(),
     }
@@ -238,7 +236,7 @@ impl ReadTap for ChildRepairs {
     }
 
     fn next_timeout(&self) -> Option<Instant> {
-        self.second.iter().map(|(at, _)| *at).min()
+        self.second.front().map(|(at, _)| *at)
     }
 
     fn on_timeout(&mut self, now: Instant) -> Vec<TaggedPacket> {

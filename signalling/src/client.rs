@@ -30,6 +30,12 @@ use crate::protocol::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// `option` is the [`ClientOptions`] field.
+    #[error("{option} {rule}")]
+    InvalidOption {
+        option: &'static str,
+        rule: &'static str,
+    },
     #[error("cannot connect to the signalling server at {url} (is it running? check --signal)")]
     Connect {
         url: String,
@@ -168,6 +174,26 @@ pub struct ClientOptions {
     pub ca_cert: Option<PathBuf>,
 }
 
+impl ClientOptions {
+    /// Refuses the values a client cannot run with (a zero buffer panics
+    /// the connection; a zero timeout fails every request).
+    pub fn validate(&self) -> Result<(), ClientError> {
+        if self.event_buffer == 0 {
+            return Err(ClientError::InvalidOption {
+                option: "event_buffer",
+                rule: "must be at least 1 event",
+            });
+        }
+        if self.timeout.is_zero() {
+            return Err(ClientError::InvalidOption {
+                option: "timeout",
+                rule: "must be more than 0",
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
@@ -229,6 +255,7 @@ impl Client {
         url: &str,
         opts: ClientOptions,
     ) -> Result<(Client, Events), ClientError> {
+        opts.validate()?;
         // A CA file is read even for ws://, so a wrong path fails the same
         // way whatever the URL.
         let connector = match &opts.ca_cert {
@@ -671,11 +698,27 @@ fn dechunk(mut s: &str) -> String {
         let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
             break;
         };
-        if n == 0 || rest.len() < n {
+        // A size that cuts a character (a body that was not UTF-8) ends it.
+        let (Some(chunk), Some(after)) = (rest.get(..n), rest.get(n..)) else {
+            break;
+        };
+        if n == 0 {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        out.push_str(chunk);
+        s = after.trim_start_matches("\r\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunk_joins_chunks_and_stops_at_a_size_that_cuts_a_character() {
+        assert_eq!(dechunk("3\r\né!\r\n2\r\nok\r\n0\r\n\r\n"), "é!ok");
+        // "é" is two bytes: a size of 1 cuts it.
+        assert_eq!(dechunk("2\r\nab\r\n1\r\né\r\n0\r\n\r\n"), "ab");
+    }
 }

@@ -239,6 +239,29 @@ pub struct Stats {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What the server keeps of a peer's extra stats fields: a few short ones.
+/// A `stats` message may be as large as any other (64 KiB by default), and
+/// every peer's last one is kept, so unbounded extras would let each peer
+/// hold that much of the server's memory.
+pub const STATS_EXTRA_FIELDS: usize = 16;
+pub const STATS_EXTRA_BYTES: usize = 256;
+
+impl Stats {
+    /// Keeps at most [`STATS_EXTRA_FIELDS`] extra fields whose name and
+    /// value (as JSON) are each at most [`STATS_EXTRA_BYTES`]; drops the
+    /// rest.
+    pub fn trim_extra(&mut self) {
+        let extra = std::mem::take(&mut self.extra);
+        self.extra = extra
+            .into_iter()
+            .filter(|(k, v)| {
+                k.len() <= STATS_EXTRA_BYTES && v.to_string().len() <= STATS_EXTRA_BYTES
+            })
+            .take(STATS_EXTRA_FIELDS)
+            .collect();
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Request {
     Create(Create),
@@ -671,5 +694,23 @@ mod tests {
         for r in reqs {
             assert_eq!(Request::parse(r.as_bytes()).unwrap().to_json(), r);
         }
+    }
+
+    #[test]
+    fn stats_extras_are_bounded() {
+        let mut fields = serde_json::Map::new();
+        for i in 0..40 {
+            fields.insert(format!("f{i:02}"), serde_json::json!(i));
+        }
+        fields.insert("big".into(), serde_json::json!("x".repeat(300)));
+        fields.insert("y".repeat(300), serde_json::json!(1));
+        let mut s = Stats {
+            extra: fields,
+            ..Stats::default()
+        };
+        s.trim_extra();
+        assert_eq!(s.extra.len(), STATS_EXTRA_FIELDS);
+        assert!(!s.extra.contains_key("big"));
+        assert!(s.extra.keys().all(|k| k.len() <= STATS_EXTRA_BYTES));
     }
 }

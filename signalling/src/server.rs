@@ -35,8 +35,8 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
@@ -115,6 +115,42 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Refuses the values a server cannot run with: zeros that would panic
+    /// it (after a peer was registered, leaking its entry) or refuse every
+    /// message.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let invalid = |setting: &'static str, rule: &'static str| {
+            Err(ServerError::InvalidSetting { setting, rule })
+        };
+        if self.k1 == 0 {
+            return invalid(
+                "k1",
+                "must be at least 1: a source with no children can reach nobody",
+            );
+        }
+        if self.ping_interval.is_zero() {
+            return invalid("ping_interval", "must be more than 0 (for example 5s)");
+        }
+        if self.rate == 0 {
+            return invalid("rate", "must be at least 1 message per second");
+        }
+        if self.max_message < 1024 {
+            return invalid(
+                "max_message",
+                "must be at least 1024 bytes: SDP offers are larger than that",
+            );
+        }
+        if self.outbox_capacity == 0 {
+            return invalid("outbox_capacity", "must be at least 1 message");
+        }
+        if self.first_request_deadline.is_zero() {
+            return invalid("first_request_deadline", "must be more than 0");
+        }
+        Ok(())
+    }
+}
+
 /// Enough for a household or a small office behind one NAT address to watch
 /// together, or a machine running dozens of relays, while one address can no
 /// longer hold thousands of sockets and peer slots.
@@ -178,9 +214,22 @@ impl Shared {
 pub(crate) struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     kill: CancellationToken,
+    /// Asks the connection to check its peer now ([`PROBE_DEADLINE`]).
+    probe: Arc<Notify>,
 }
 
+/// A peer checked because a child said it went silent (a `reconnect`) must
+/// answer a WebSocket ping within this, or it is removed (protocol rule 5).
+/// The regular pings take up to two intervals (10 s by default) to find a
+/// frozen peer, and a child with nowhere else to go waited that long; a
+/// live peer answers in a round trip.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
 impl Outbox {
+    pub(crate) fn probe(&self) {
+        self.probe.notify_one();
+    }
+
     fn push(&self, ev: &Event) {
         match self.tx.try_send(ev.to_json().into()) {
             Ok(()) => {}
@@ -266,6 +315,7 @@ pub async fn spawn(cfg: ServerConfig, addr: SocketAddr) -> std::io::Result<Serve
 
 /// Serves on an already bound listener in the background.
 pub fn spawn_on(cfg: ServerConfig, listener: TcpListener) -> std::io::Result<ServerHandle> {
+    cfg.validate().map_err(std::io::Error::other)?;
     let addr = listener.local_addr()?;
     let tls = cfg.tls.is_some();
     let shutdown = CancellationToken::new();
@@ -285,6 +335,7 @@ pub async fn serve(
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    cfg.validate().map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
         cfg,
         registry: Mutex::new(Registry::default()),
@@ -461,9 +512,11 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
     let peer: PeerId = new_id(16).into();
     let (tx, mut rx) = mpsc::channel(cfg.outbox_capacity);
     let kill = shared.shutdown.child_token();
+    let probe = Arc::new(Notify::new());
     let me = Outbox {
         tx,
         kill: kill.clone(),
+        probe: probe.clone(),
     };
     me.push(&Event::Hello(Hello {
         version: VERSION,
@@ -484,6 +537,9 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
     let mut ping = interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_pong = Instant::now();
+    // A check in progress: its ping went out then, and must be answered by
+    // PROBE_DEADLINE after.
+    let mut probing: Option<Instant> = None;
     let mut limit = RateLimit::new(cfg.rate);
     let mut malformed = 0u32;
 
@@ -506,6 +562,25 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
                 if sent.is_err() {
                     break Exit::Gone;
                 }
+            }
+            _ = probe.notified(), if probing.is_none() => {
+                probing = Some(Instant::now());
+                let sent = tokio::select! {
+                    r = sink.send(Message::Ping(Default::default())) => r,
+                    _ = kill.cancelled() => continue,
+                };
+                if sent.is_err() {
+                    break Exit::Gone;
+                }
+            }
+            _ = sleep_until(probing.map_or_else(Instant::now, |t| t + PROBE_DEADLINE)),
+                if probing.is_some() =>
+            {
+                if probing.is_some_and(|t| last_pong < t) {
+                    info!(peer = %peer, "a child said it went silent, and it did not answer a ping within {PROBE_DEADLINE:?}; removing");
+                    break Exit::Gone;
+                }
+                probing = None;
             }
             _ = ping.tick() => {
                 if last_pong.elapsed() > 2 * cfg.ping_interval {
@@ -742,6 +817,13 @@ fn refusal(status: StatusCode, body: String) -> Response {
 /// What can stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// `setting` is the [`ServerConfig`] field (the command line's flag is
+    /// the same name in kebab case).
+    #[error("{setting} {rule}")]
+    InvalidSetting {
+        setting: &'static str,
+        rule: &'static str,
+    },
     #[error("cannot read the TLS {what} file {}", path.display())]
     TlsRead {
         what: TlsPart,

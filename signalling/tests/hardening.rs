@@ -495,3 +495,57 @@ async fn client_ca_file_errors_name_the_file() {
         Ok(_) => panic!("connected to port 9"),
     }
 }
+
+/// Zeros that used to panic the server after it registered a peer (its
+/// entry then leaked) or the client's connection are refused up front,
+/// naming the setting.
+#[tokio::test]
+async fn zero_settings_are_refused_before_anything_starts() {
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    for (cfg, setting) in [
+        (
+            ServerConfig {
+                ping_interval: Duration::ZERO,
+                ..ServerConfig::default()
+            },
+            "ping_interval",
+        ),
+        (
+            ServerConfig {
+                outbox_capacity: 0,
+                ..ServerConfig::default()
+            },
+            "outbox_capacity",
+        ),
+        (
+            ServerConfig {
+                k1: 0,
+                ..ServerConfig::default()
+            },
+            "k1",
+        ),
+    ] {
+        let Err(e) = signalling::server::spawn(cfg, addr).await else {
+            panic!("a server with {setting} = 0 started");
+        };
+        let inner = e.get_ref().and_then(|e| e.downcast_ref::<ServerError>());
+        assert!(
+            matches!(inner, Some(ServerError::InvalidSetting { setting: s, .. }) if *s == setting),
+            "{e}"
+        );
+    }
+
+    let srv = signalling::server::spawn(ServerConfig::default(), addr)
+        .await
+        .expect("server");
+    let opts = ClientOptions {
+        event_buffer: 0,
+        ..ClientOptions::default()
+    };
+    match Client::connect_with(&srv.ws_url(), opts).await {
+        Err(ClientError::InvalidOption { option, .. }) => assert_eq!(option, "event_buffer"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a client with event_buffer = 0 connected"),
+    }
+    srv.shutdown().await.expect("shutdown");
+}

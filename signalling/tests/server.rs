@@ -481,21 +481,7 @@ async fn silent_connection_is_removed_and_children_replaced() {
     })
     .await;
     let (mut src, tree, _) = source(&srv, None).await;
-    // A raw WebSocket that joins and then never reads again: it cannot pong.
-    let (mut ws, _) = tokio_tungstenite::connect_async(srv.ws_url())
-        .await
-        .unwrap();
-    let hello = next_text(&mut ws).await;
-    let mute_id = match Event::parse(hello.as_bytes()).unwrap() {
-        Event::Hello(h) => h.peer,
-        other => panic!("expected hello, got {}", other.to_json()),
-    };
-    ws.send(Message::Text(
-        json!({"type":"join","tree":tree}).to_string().into(),
-    ))
-    .await
-    .unwrap();
-    assert!(next_text(&mut ws).await.contains("\"joined\""));
+    let (ws, mute_id) = mute_member(&srv, &tree).await;
     src.expect_child(&mute_id).await;
     let (mut child, parent, _) = joiner(&srv, &tree, None, None).await;
     assert_eq!(parent, mute_id);
@@ -511,6 +497,77 @@ async fn silent_connection_is_removed_and_children_replaced() {
         "removed too early: {gone_after:?}"
     );
     drop(ws);
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket that joins `tree` and then never reads again, so it
+/// answers no ping: a frozen member. Returns it and its peer id.
+async fn mute_member(srv: &signalling::server::ServerHandle, tree: &str) -> (RawWs, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(srv.ws_url())
+        .await
+        .unwrap();
+    let hello = next_text(&mut ws).await;
+    let id = match Event::parse(hello.as_bytes()).unwrap() {
+        Event::Hello(h) => h.peer,
+        other => panic!("expected hello, got {}", other.to_json()),
+    };
+    ws.send(Message::Text(
+        json!({"type":"join","tree":tree}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    assert!(next_text(&mut ws).await.contains("\"joined\""));
+    (ws, id)
+}
+
+/// A `reconnect` has the server check the old parent at once: a frozen one
+/// (it answers no ping) is removed within PROBE_DEADLINE and its child
+/// re-placed, even though no other slot was free and the request itself
+/// failed; the regular pings (5 s here) would have taken 10 s.
+#[tokio::test]
+async fn a_parent_its_child_calls_silent_is_checked_at_once() {
+    let srv = start(cfg(1, 1)).await;
+    let (mut src, tree, _) = source(&srv, None).await;
+    let (ws, frozen) = mute_member(&srv, &tree).await;
+    src.expect_child(&frozen).await;
+    let (mut child, parent, _) = joiner(&srv, &tree, None, None).await;
+    assert_eq!(parent, frozen);
+
+    let t0 = Instant::now();
+    let err = child.client.reconnect().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TreeFull));
+    src.expect_child_gone(&frozen).await;
+    let gone_after = t0.elapsed();
+    assert_eq!(child.wait_parent().await, (src.id(), 1));
+    assert!(
+        gone_after < Duration::from_secs(2),
+        "the frozen parent went after {gone_after:?}"
+    );
+    drop(ws);
+}
+
+/// The same check leaves a live parent, which answers the ping, in place.
+#[tokio::test]
+async fn a_live_parent_its_child_calls_silent_stays() {
+    let srv = start(cfg(1, 1)).await;
+    let (mut src, tree, _) = source(&srv, None).await;
+    let (live, _, _) = joiner(&srv, &tree, None, None).await;
+    let live_id = live.id();
+    src.expect_child(&live_id).await;
+    let (mut child, parent, _) = joiner(&srv, &tree, None, None).await;
+    assert_eq!(parent, live_id);
+
+    let err = child.client.reconnect().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TreeFull));
+    // Past the check's deadline: nobody moved.
+    child
+        .expect_quiet(signalling::server::PROBE_DEADLINE * 2)
+        .await;
+    let snap = snapshot(&srv, &tree).await;
+    assert_eq!(parent_in(&snap, &live_id), Some(src.id()));
+    assert_eq!(parent_in(&snap, &child.id()), Some(live_id));
 }
 
 async fn next_text<S>(ws: &mut S) -> String

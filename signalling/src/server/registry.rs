@@ -241,6 +241,13 @@ impl Registry {
                     return Err(err(ErrorCode::BadRequest, "the source has no upstream"));
                 }
                 let old_parent = t.tree.parent(m.node).and_then(|p| t.tree.peer(p).cloned());
+                // A child asks because its parent went silent (or for no
+                // reason the server can know): check that parent now, so a
+                // frozen one goes in a second even when no other slot is
+                // free and this request fails.
+                if let Some(e) = old_parent.as_ref().and_then(|p| self.peers.get(p)) {
+                    e.outbox.probe();
+                }
                 let moved = t.tree.reconnect(m.node).map_err(|e| tree_error(e, re))?;
                 if let Some(old) = old_parent {
                     self.send_to(&old, child_gone(peer), &mut fx);
@@ -255,7 +262,8 @@ impl Registry {
                 fx.send(&me, Event::Left);
             }
             Request::Reclaim(r) => self.reclaim(cfg, peer, &me, member, r, &mut fx)?,
-            Request::Stats(s) => {
+            Request::Stats(mut s) => {
+                s.trim_extra();
                 if let Some(e) = self.peers.get_mut(peer) {
                     e.stats = Some(s);
                 }
