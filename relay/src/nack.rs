@@ -48,6 +48,11 @@ pub fn repair_deadline(rtt: Duration) -> Duration {
         .clamp(Duration::from_millis(20), Duration::from_millis(500))
 }
 
+/// A round trip smoothed with one more sample (RFC 6298's 1/8 gain).
+pub fn smoothed(rtt: Option<Duration>, sample: Duration) -> Duration {
+    rtt.map_or(sample, |r| (r * 7 + sample) / 8)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Hole {
     first_asked: Instant,
@@ -82,7 +87,7 @@ pub struct AskForRepairs {
     sender_ssrc: u32,
     /// Streams that negotiated NACK, by SSRC.
     streams: HashMap<u32, Stream>,
-    /// The round trip to the parent, smoothed (RFC 6298's 1/8 gain).
+    /// The round trip to the parent, smoothed.
     rtt: Option<Duration>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
@@ -130,7 +135,7 @@ impl AskForRepairs {
             if let Some(hole) = stream.holes.remove(&ext) {
                 if hole.asks == 1 {
                     let sample = now.saturating_duration_since(hole.last_asked);
-                    self.rtt = Some(self.rtt.map_or(sample, |r| (r * 7 + sample) / 8));
+                    self.rtt = Some(smoothed(self.rtt, sample));
                 }
             }
             return Vec::new();
@@ -145,8 +150,8 @@ impl AskForRepairs {
             last_asked: now,
             asks: 1,
         };
-        let new: Vec<u16> = (newest + 1..ext).map(|s| s as u16).collect();
         stream.holes.extend((newest + 1..ext).map(|s| (s, hole)));
+        let new: Vec<u16> = (newest + 1..ext).map(|s| s as u16).collect();
         // Out of reach now: the parent can no longer answer for them.
         stream.holes = stream.holes.split_off(&ext.saturating_sub(REACH));
         new

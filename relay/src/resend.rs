@@ -40,7 +40,8 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     nack_pairs_from_sequence_numbers, TransportLayerNack,
 };
 
-use crate::nack::repair_deadline;
+use crate::feedback::loss_report;
+use crate::nack::{repair_deadline, smoothed};
 use crate::tap::{self, ReadTap};
 
 /// Until a report gives the round trip, a repair may go again this soon.
@@ -97,7 +98,7 @@ impl ChildRepairs {
             return;
         }
         let rtt = Duration::from_secs_f64(f64::from(units) / 65_536.0);
-        self.rtt = Some(self.rtt.map_or(rtt, |r| (r * 7 + rtt) / 8));
+        self.rtt = Some(smoothed(self.rtt, rtt));
     }
 
     /// The sequence numbers of a NACK that may be repaired now (and marks
@@ -205,12 +206,8 @@ impl ReadTap for ChildRepairs {
                     for b in &rr.reports {
                         self.on_report_block(b.last_sender_report, b.delay, ntp);
                     }
-                    if !rr.reports.is_empty() {
-                        self.loss = rr
-                            .reports
-                            .iter()
-                            .map(|b| f64::from(b.fraction_lost) / 256.0)
-                            .fold(0.0, f64::max);
+                    if let Some(blocks) = loss_report(p.as_ref()) {
+                        self.loss = blocks.iter().map(|&(_, l)| l).fold(0.0, f64::max);
                     }
                     continue;
                 }

@@ -320,7 +320,8 @@ pub fn spawn_on(cfg: ServerConfig, listener: TcpListener) -> std::io::Result<Ser
     let tls = cfg.tls.is_some();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let task = tokio::spawn(async move { serve(cfg, listener, stop.cancelled_owned()).await });
+    let task =
+        tokio::spawn(async move { serve_checked(cfg, listener, stop.cancelled_owned()).await });
     Ok(ServerHandle {
         addr,
         tls,
@@ -336,6 +337,15 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     cfg.validate().map_err(std::io::Error::other)?;
+    serve_checked(cfg, listener, stop).await
+}
+
+/// [`serve`] with a configuration already validated.
+async fn serve_checked(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         cfg,
         registry: Mutex::new(Registry::default()),
