@@ -162,8 +162,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's own errors run over several lines (the message, a list of
+/// arguments, a tip, the usage); like every other error here they become
+/// one line. `--help` and `--version` print as clap prints them.
+fn parse_args() -> Result<Cli> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let said: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("Usage:")
+                        && !l.starts_with("For more information")
+                })
+                .collect();
+            let said = said.join(" ").replace(" tip: ", "; tip: ");
+            let said = said.strip_prefix("error: ").unwrap_or(&said);
+            Err(anyhow::anyhow!("{said} (see --help)"))
+        }
+    }
+}
+
 fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_args()?;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;

@@ -59,8 +59,13 @@ async fn numbered_messages(page: &Page, n: usize) -> Vec<String> {
     .await
 }
 
+/// The sample and the page's canvas source run at 30 fps; a page that
+/// decodes slower than this is dropping or stalling.
+const MIN_FPS: f64 = 25.0;
+
 /// Waits until `page` decodes `more` frames beyond what it has decoded now;
-/// returns the frame rate over that stretch.
+/// returns the frame rate over that stretch, which must be at least
+/// [`MIN_FPS`].
 async fn decoding_rate(page: &Page, more: u64) -> f64 {
     let start = page.state().await.frames_decoded;
     let t0 = Instant::now();
@@ -73,7 +78,14 @@ async fn decoding_rate(page: &Page, more: u64) -> f64 {
         },
     )
     .await;
-    (end - start) as f64 / t0.elapsed().as_secs_f64()
+    let fps = (end - start) as f64 / t0.elapsed().as_secs_f64();
+    assert!(
+        fps >= MIN_FPS,
+        "{} decoded {} frames at {fps:.1} fps (at least {MIN_FPS} expected)",
+        page.name,
+        end - start
+    );
+    fps
 }
 
 /// (a) Rust source -> Rust relay -> browser leaf: the browser decodes the

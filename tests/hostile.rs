@@ -337,6 +337,7 @@ async fn five_hundred_hostile_connections_leave_a_streaming_tree_untouched() {
     assert_eq!(hog_refused, 6, "per-address limit 64 of 70");
     assert!(g(Abuse::Garbage, "bad-json") >= 8);
     assert!(tally.closed(Abuse::Garbage, 1008) > 0);
+    assert!(g(Abuse::Oversized, "too-large") > 0);
     assert!(tally.closed(Abuse::Oversized, 1009) > 0);
     assert!(g(Abuse::Binary, "bad-request") >= 8);
     assert!(tally.closed(Abuse::Binary, 1008) > 0);

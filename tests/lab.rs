@@ -1084,26 +1084,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs of consecutive frames a recording holds, in source frames.
-fn runs_of(recorded: &[Vec<u8>], file: &[relay::source::Frame]) -> Vec<usize> {
-    let index: std::collections::HashMap<&[u8], usize> = file
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (&f.data[..], i))
-        .collect();
-    let mut runs = Vec::new();
-    let mut last: Option<usize> = None;
-    for f in recorded {
-        let i = index[&f[..]];
-        match last {
-            Some(l) if (l + 1) % file.len() == i => *runs.last_mut().expect("a run") += 1,
-            _ => runs.push(1),
-        }
-        last = Some(i);
-    }
-    runs
-}
-
 /// One child of a relay sits behind a 200 kbit/s link (both ways) while the
 /// sample needs about 250 kbit/s. Its siblings lose nothing, the relay's
 /// memory stays bounded, and the slow child gets what it can carry.
@@ -1153,7 +1133,10 @@ fn a_slow_child_hurts_nobody_else() {
     let fast2 = coverage(&ivf_frames_timed(&r2), &file, "fast sibling 2");
     let slow_frames = ivf_frames(&r3);
     let slow_cov = coverage(&ivf_frames_timed(&r3), &file, "slow child");
-    let runs = runs_of(&slow_frames, file.frames());
+    let runs: Vec<usize> = runs_of(&slow_frames, file.frames(), "slow child")
+        .iter()
+        .map(|r| r.len)
+        .collect();
     let median = {
         let mut r = runs.clone();
         r.sort_unstable();

@@ -99,8 +99,10 @@ fn three_hops_forward_frames_and_messages_unchanged_and_heal() {
         "leaf recording again {:?} after SIGKILL of the depth-1 relay",
         killed.elapsed()
     );
+    // Every frame recorded, from the first through the data phase and
+    // across the heal.
     let after = ivf_frames(&rec);
-    assert_run_of_file_across_a_replay(&after[before..], &source_frames, "after the kill");
+    assert_run_of_file_across_a_replay(&after, &source_frames, "after the kill");
 }
 
 fn expect_one_line_error(args: &[&str], what: &str) -> String {
@@ -302,12 +304,23 @@ fn relay_exits_0_when_the_source_stops() {
     assert!(src.wait(Duration::from_secs(5)).success());
 }
 
-/// When `needle` first appears in a process's log, by the log line's own
-/// timestamp.
-fn logged_at(p: &Proc, needle: &str) -> Option<std::time::SystemTime> {
-    let log = p.log_text();
-    let line = log.lines().find(|l| l.contains(needle))?;
-    humantime::parse_rfc3339_weak(line.split_whitespace().next()?.trim_end_matches('Z')).ok()
+/// The first line of a process's log that contains `needle` and was logged
+/// at or after `since` (by the line's own timestamp), with how long after
+/// `since` that was.
+fn logged_after(
+    p: &Proc,
+    needle: &str,
+    since: std::time::SystemTime,
+) -> Option<(Duration, String)> {
+    p.log_text().lines().find_map(|line| {
+        if !line.contains(needle) {
+            return None;
+        }
+        let stamp = line.split_whitespace().next()?.trim_end_matches('Z');
+        let at = humantime::parse_rfc3339_weak(stamp).ok()?;
+        let after = at.duration_since(since).ok()?;
+        Some((after, line.to_owned()))
+    })
 }
 
 /// What a child did after its parent froze.
@@ -349,18 +362,11 @@ fn freeze_the_parent(name: &str, leaf_args: &[&str]) -> Frozen {
     let t0 = Instant::now();
     frozen.signal("STOP");
     let asking = "asking the server for another parent";
-    let noticed = until(
+    let (noticed, why) = until(
         "the leaf asks for another parent",
         Duration::from_secs(15),
-        || logged_at(&leaf, asking),
+        || logged_after(&leaf, asking, stopped),
     );
-    let noticed = noticed.duration_since(stopped).unwrap_or_default();
-    let why = leaf
-        .log_text()
-        .lines()
-        .find(|l| l.contains(asking))
-        .unwrap_or_default()
-        .to_owned();
     let moved = format!("new parent parent={}", relay_peer(&spare));
     until(
         "the leaf is moved under the spare relay",
@@ -418,6 +424,11 @@ fn ice_failure_on_the_parent_link_leads_to_reconnect() {
         "{}",
         f.why
     );
+    assert!(
+        f.recording_again < Duration::from_secs(6),
+        "recording again only {:?} after SIGSTOP",
+        f.recording_again
+    );
 }
 
 /// The signalling server restarts (same address, same --secret-file): the
@@ -472,4 +483,20 @@ fn a_restarted_server_gets_its_tree_back() {
         down.elapsed().as_millis()
     );
     assert!(src.log_text().contains(&tree));
+    // The members close their peer connections when the server goes (their
+    // peer ids die with it) and build new ones when they join again: the
+    // recording holds an unbroken run of the file's frames, byte for byte,
+    // before the restart, and at most one more, from a keyframe, after it.
+    let frames = until("60 frames more", Duration::from_secs(15), || {
+        let f = ivf_frames(&rec);
+        (f.len() > before + 60).then_some(f)
+    });
+    let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
+    let runs = runs_of(&frames, file.frames(), "across the restart");
+    assert!(runs.len() <= 2, "{runs:?}");
+    assert!(
+        runs.iter().all(|r| file.frames()[r.from].keyframe),
+        "every run starts at a keyframe: {runs:?}"
+    );
+    eprintln!("server restart: recorded runs of the file {runs:?}");
 }

@@ -170,7 +170,13 @@ fn tls_flag_mistakes_are_one_line_errors_naming_the_file() {
         "{err}"
     );
 
-    // One without the other is refused by the argument parser.
+    // One without the other is refused by the argument parser, in one line
+    // like every other error.
     let err = one_line_error(&[&listen[..], &["--tls-cert", arg(&cert)]].concat());
-    assert!(err.contains("--tls-key"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: the following required arguments were not provided")
+            && err.contains("--tls-key"),
+        "{err}"
+    );
 }

@@ -345,6 +345,39 @@ pub fn assert_run_of_file(
     start
 }
 
+/// An unbroken run of a looping file's frames in a recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The file index of its first frame.
+    pub from: usize,
+    /// Frames in it.
+    pub len: usize,
+}
+
+/// Splits a recording into its unbroken runs of the file's frames, byte for
+/// byte and wrapping around as a looping source does. A recorded frame that
+/// is not one of the file's fails.
+pub fn runs_of(recorded: &[Vec<u8>], file: &[relay::source::Frame], what: &str) -> Vec<Run> {
+    let index: std::collections::HashMap<&[u8], usize> = file
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (&f.data[..], i))
+        .collect();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut last: Option<usize> = None;
+    for (k, f) in recorded.iter().enumerate() {
+        let i = *index
+            .get(&f[..])
+            .unwrap_or_else(|| panic!("{what}: recorded frame {k} is not one of the file's"));
+        match (last, runs.last_mut()) {
+            (Some(l), Some(run)) if (l + 1) % file.len() == i => run.len += 1,
+            _ => runs.push(Run { from: i, len: 1 }),
+        }
+        last = Some(i);
+    }
+    runs
+}
+
 /// One line to a source's `--data-in -`.
 pub fn feed(stdin: &mut ChildStdin, line: &str) {
     writeln!(stdin, "{line}").expect("write to the source's --data-in");
