@@ -10,18 +10,12 @@
 //! drops that child, because a reliable channel must not lose messages and
 //! must not grow memory without bound either.
 //!
-//! When the parent changes, the new parent's packets carry sequence numbers
-//! and timestamps of their own (a browser parent re-encodes and numbers
-//! afresh). Children keep their connections, so `Renumber` makes the track
-//! one continuous RTP stream for them: after a change it waits for a
-//! keyframe, then continues the numbering with a one-packet gap (which tells
-//! receivers that whatever frame was in flight is incomplete) and the
-//! timestamps advanced by the wall time that passed. Without this a child's
-//! SRTP would take the jump for a rollover or a replay and drop everything.
+//! Across a change of parent the track stays one RTP stream for the
+//! children, with nothing repeated: splice.rs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -34,6 +28,7 @@ use crate::feedback::KeyframeThrottle;
 use crate::gop::GopCache;
 use crate::media::Codec;
 use crate::repair::{Repairs, Verdict};
+use crate::splice::{Mapped, Splice};
 
 /// RTP packets queued per child and track: about 0.4 s of 5 Mbit/s video.
 pub const LEG_QUEUE_PACKETS: usize = 256;
@@ -95,7 +90,7 @@ pub struct TrackHub {
     throttle: KeyframeThrottle,
     /// The outgoing numbering, and which of its numbers went out (a repair
     /// from upstream goes out once, while still useful: repair.rs).
-    outgoing: Mutex<(Renumber, Repairs)>,
+    outgoing: Mutex<(Splice, Repairs)>,
     gop: Mutex<GopCache>,
     pub packets_in: AtomicU64,
     pub packets_dropped: AtomicU64,
@@ -110,61 +105,6 @@ pub enum Forwarded {
     AwaitingKeyframe,
     /// Dropped: a duplicate, or a repair too late to be of use.
     Dropped(Verdict),
-}
-
-/// The outgoing numbering of one track across upstream changes (see the
-/// module comment).
-#[derive(Debug, Default)]
-struct Renumber {
-    /// A new upstream started; nothing goes out before its first keyframe.
-    resync: bool,
-    seq_offset: u16,
-    ts_offset: u32,
-    /// The newest packet sent: sequence number, timestamp, when.
-    last: Option<(u16, u32, Instant)>,
-}
-
-impl Renumber {
-    /// The packet as children should see it, or None while waiting for a
-    /// keyframe. Borrows when the numbering is the upstream's own.
-    fn map<'a>(
-        &mut self,
-        pkt: &'a Packet,
-        codec: Codec,
-        now: Instant,
-    ) -> Option<std::borrow::Cow<'a, Packet>> {
-        use std::borrow::Cow;
-        if self.resync {
-            if codec.is_video() && !starts_keyframe(codec, &pkt.payload) {
-                return None;
-            }
-            self.resync = false;
-            if let Some((seq, ts, at)) = self.last {
-                let ticks = now
-                    .saturating_duration_since(at)
-                    .max(Duration::from_millis(1));
-                let ticks = (ticks.as_secs_f64() * f64::from(codec.clock_rate())) as u32;
-                self.seq_offset = seq.wrapping_add(2).wrapping_sub(pkt.header.sequence_number);
-                self.ts_offset = ts.wrapping_add(ticks).wrapping_sub(pkt.header.timestamp);
-            }
-        }
-        let out = if self.seq_offset == 0 && self.ts_offset == 0 {
-            Cow::Borrowed(pkt)
-        } else {
-            let mut p = pkt.clone();
-            p.header.sequence_number = p.header.sequence_number.wrapping_add(self.seq_offset);
-            p.header.timestamp = p.header.timestamp.wrapping_add(self.ts_offset);
-            Cow::Owned(p)
-        };
-        let (seq, ts) = (out.header.sequence_number, out.header.timestamp);
-        let newer = self
-            .last
-            .is_none_or(|(last, _, _)| (seq.wrapping_sub(last) as i16) > 0);
-        if newer {
-            self.last = Some((seq, ts, now));
-        }
-        Some(out)
-    }
 }
 
 impl TrackHub {
@@ -187,9 +127,11 @@ impl TrackHub {
         let now = Instant::now();
         let pkt = {
             let mut out = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
-            let (renumber, repairs) = &mut *out;
-            let Some(p) = renumber.map(pkt, self.spec.codec, now) else {
-                return Forwarded::AwaitingKeyframe;
+            let (splice, repairs) = &mut *out;
+            let p = match splice.map(pkt, self.spec.codec, now) {
+                Mapped::Send(p) => p,
+                Mapped::SentBefore => return Forwarded::Dropped(Verdict::Duplicate),
+                Mapped::AwaitingKeyframe => return Forwarded::AwaitingKeyframe,
             };
             let verdict = repairs.admit(
                 p.header.sequence_number,
@@ -199,6 +141,7 @@ impl TrackHub {
             if matches!(verdict, Verdict::Duplicate | Verdict::Stale) {
                 return Forwarded::Dropped(verdict);
             }
+            splice.sent(&p);
             p
         };
         // Before the fan-out: a writer that replays the group skips, by
@@ -258,7 +201,7 @@ impl TrackHub {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .0
-                .resync = true;
+                .restart();
             self.gop
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -519,72 +462,6 @@ mod tests {
         ));
         assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0x80]));
         assert!(!starts_keyframe(Codec::Vp8, &[]));
-    }
-
-    fn rtp(seq: u16, ts: u32, payload: &'static [u8]) -> Packet {
-        let mut p = Packet::default();
-        p.header.sequence_number = seq;
-        p.header.timestamp = ts;
-        p.payload = Bytes::from_static(payload);
-        p
-    }
-
-    /// (sequence number, timestamp) as children see the packet, if sent.
-    fn out(r: &mut Renumber, p: Packet, codec: Codec, now: Instant) -> Option<(u16, u32)> {
-        r.map(&p, codec, now)
-            .map(|o| (o.header.sequence_number, o.header.timestamp))
-    }
-
-    #[test]
-    fn renumbering_continues_one_stream_across_upstreams() {
-        const KEY: &[u8] = &[0x10, 0x00, 0x00];
-        const DELTA: &[u8] = &[0x10, 0x01, 0x00];
-        let vp8 = Codec::Vp8;
-        let t0 = Instant::now();
-        let mut r = Renumber {
-            resync: true,
-            ..Renumber::default()
-        };
-        // The first upstream: nothing before its keyframe, then its own
-        // numbers, passed through without a copy.
-        assert_eq!(out(&mut r, rtp(7, 1000, DELTA), vp8, t0), None);
-        let key = rtp(8, 4000, KEY);
-        assert!(matches!(
-            r.map(&key, vp8, t0),
-            Some(std::borrow::Cow::Borrowed(_))
-        ));
-        assert_eq!(out(&mut r, rtp(9, 7000, DELTA), vp8, t0), Some((9, 7000)));
-        // An old packet arriving late does not move the reference back.
-        assert_eq!(out(&mut r, rtp(6, 100, DELTA), vp8, t0), Some((6, 100)));
-
-        // A new upstream numbering from 65533: after its keyframe, one gap
-        // in the sequence and 100 ms of 90 kHz timestamps; its wrap to 0
-        // goes on as 13.
-        r.resync = true;
-        let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(out(&mut r, rtp(65533, 5, DELTA), vp8, t1), None);
-        assert_eq!(out(&mut r, rtp(65534, 5, KEY), vp8, t1), Some((11, 16000)));
-        assert_eq!(
-            out(&mut r, rtp(65535, 3005, DELTA), vp8, t1),
-            Some((12, 19000))
-        );
-        assert_eq!(out(&mut r, rtp(0, 3005, DELTA), vp8, t1), Some((13, 19000)));
-    }
-
-    #[test]
-    fn audio_needs_no_keyframe_to_resume() {
-        let t0 = Instant::now();
-        let mut r = Renumber::default();
-        assert_eq!(
-            out(&mut r, rtp(100, 48_000, b"x"), Codec::Opus, t0),
-            Some((100, 48_000))
-        );
-        r.resync = true;
-        let t1 = t0 + Duration::from_millis(20);
-        assert_eq!(
-            out(&mut r, rtp(9, 5, b"y"), Codec::Opus, t1),
-            Some((102, 48_960))
-        );
     }
 
     #[test]

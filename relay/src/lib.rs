@@ -26,6 +26,7 @@ pub mod resend;
 pub mod rtx;
 pub mod runtime;
 pub mod source;
+pub mod splice;
 pub mod tap;
 pub mod upstream;
 

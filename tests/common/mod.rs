@@ -279,45 +279,45 @@ pub fn http_addr(ws_url: &str) -> String {
         .to_owned()
 }
 
-/// Like [`assert_run_of_file`] for a recording across a change of parent:
-/// the new parent replays its current group of pictures (relay/src/gop.rs),
-/// which can repeat frames recorded just before. So the run may jump back
-/// once, to one of the file's keyframes at most one group back, and must
-/// continue unbroken from there.
-pub fn assert_run_of_file_across_a_replay(
+/// Like [`assert_run_of_file`] for a recording across changes of parent:
+/// the relays splice the new parent's stream onto the old (relay/src/
+/// splice.rs), so nothing is recorded twice and the stream never jumps
+/// back. Where the new parent no longer held the frames missed during a
+/// heal, the recording skips ahead once, to a keyframe. Returns the frames
+/// skipped that way.
+pub fn assert_spliced_run_of_file(
     recorded: &[Vec<u8>],
     file: &[relay::source::Frame],
+    heals: usize,
     what: &str,
-) {
-    let index_of = |data: &[u8]| {
-        file.iter()
-            .position(|f| f.data[..] == data[..])
-            .unwrap_or_else(|| panic!("{what}: a recorded frame is not one of the file's"))
-    };
-    let Some(first) = recorded.first() else {
-        panic!("{what}: nothing recorded");
-    };
-    let mut at = index_of(first);
-    let mut rewound = false;
-    for (i, f) in recorded.iter().enumerate().skip(1) {
-        let next = (at + 1) % file.len();
-        if file[next].data[..] == f[..] {
-            at = next;
-            continue;
-        }
-        let to = index_of(f);
-        let back = (at + file.len() - to) % file.len();
-        let keyframes_between = (0..=back)
-            .filter(|d| file[(to + d) % file.len()].keyframe)
-            .count();
+) -> usize {
+    let runs = runs_of(recorded, file, what);
+    let n = file.len();
+    let mut missing = 0;
+    for pair in runs.windows(2) {
+        let (before, run) = (pair[0], pair[1]);
+        let end = (before.from + before.len - 1) % n;
+        // Frames between the run before and this one, if this one is ahead.
+        let skipped = (run.from + n - end - 1) % n;
         assert!(
-            !rewound && file[to].keyframe && keyframes_between <= 2,
-            "{what}: recorded frame {i} (file frame {to}) neither follows file frame {at} nor \
-             starts a replay of its group"
+            skipped < n / 2 && file[run.from].keyframe,
+            "{what}: after file frame {end} the recording goes on at file frame {} ({}): \
+             a jump back or a seam; runs {runs:?}",
+            run.from,
+            if file[run.from].keyframe {
+                "a keyframe"
+            } else {
+                "not a keyframe"
+            },
         );
-        rewound = true;
-        at = to;
+        missing += skipped;
     }
+    assert!(
+        runs.len() <= heals + 1,
+        "{what}: {} breaks for {heals} heals: {runs:?}",
+        runs.len() - 1
+    );
+    missing
 }
 
 /// Asserts `recorded` is an unbroken run of `file`'s frames, byte for byte,
