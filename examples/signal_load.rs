@@ -4,6 +4,7 @@
 //! cargo build --release
 //! cargo run --release --example signal_load -- --peers 18000
 //! cargo run --release --example signal_load -- --peers 2000 --url ws://127.0.0.1:8080/ws
+//! cargo run --release --example signal_load -- --peers 2000 --no-seed
 //! ```
 //!
 //! Without `--url` it starts `target/release/peer-tree-relay signal --listen
@@ -13,17 +14,23 @@
 //! pings); every connection sends `join`, at most `--concurrency` outstanding,
 //! and the time from send to `joined` is its latency. The driver prints joins
 //! per second, p50/p99/max latency, the server's resident memory (from
-//! `/metrics`) and the tree's depth and size (from `/api/trees/{id}`), beside
-//! the figures the original JavaScript server gave on the same machine.
+//! `/metrics`) and the tree's depth and size (from `/api/trees/{id}`).
 //!
-//! Only 127.0.0.1 is ever contacted, and the whole run is bounded by
-//! `--timeout`. Each peer is one socket in this process and one in the
-//! server's, so `ulimit -n` must exceed `--peers` by a margin (20,000 allows
-//! 18,000 peers).
+//! Then it runs the original JavaScript server ("the seed") the same way, with
+//! the same peers, concurrency, k and k1, through
+//! `../shared/anchors/seed-signalling/run.sh` (its own load driver, on Node),
+//! and prints the two side by side. Runs on the shared build machine vary by
+//! 25-35% (the seed's README), so a baseline typed in from another day says
+//! little: only figures from the same invocation are compared.
+//!
+//! Only 127.0.0.1 is ever contacted; our run is bounded by `--timeout` and the
+//! seed's by `--seed-timeout`. Each peer is one socket in this process and one
+//! in the server's, so `ulimit -n` must exceed `--peers` by a margin (20,000
+//! allows 18,000 peers). The seed runs after ours has closed every socket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,14 +49,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The original JavaScript server, measured earlier on this machine with the
-/// same kind of driver, at 18,000 peers.
-const BASELINE_PEERS: usize = 18_000;
-const BASELINE_JOINS_PER_S: f64 = 789.0;
-const BASELINE_P50_MS: f64 = 5.0;
-const BASELINE_P99_MS: f64 = 77.0;
-const BASELINE_RSS_MB: f64 = 325.0;
-
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,8 +58,22 @@ const FD_MARGIN: u64 = 64;
 const EMFILE: i32 = 24;
 const EADDRNOTAVAIL: i32 = 99;
 
+/// Exit status when our run passed but the seed's figures are missing or
+/// incomplete: a script that needs the comparison can tell it from a failure
+/// of ours (1).
+const NO_BASELINE: u8 = 2;
+
 #[derive(Parser)]
-#[command(about = "Load driver: N WebSocket peers join one tree of the signalling server")]
+#[command(
+    about = "Load driver: N WebSocket peers join one tree of the signalling server, \
+             then of the original JavaScript server (the seed), side by side",
+    after_help = "Exit status: 0 when every peer joined our server and the seed was \
+                  measured beside it (or --no-seed was given); 1 when our run failed or \
+                  could not run; 2 when ours passed but the seed's figures are missing or \
+                  incomplete (bash, node, npm or its script not found, the script failed or \
+                  timed out, or not all of its peers joined). Ours are printed alone then, \
+                  with the reason."
+)]
 struct Args {
     /// Peers that join the tree (besides the source). At most about
     /// `ulimit -n` minus 100: 18000 with the usual limit of 20000.
@@ -79,9 +92,21 @@ struct Args {
     /// Most connects, and most joins, in flight at once.
     #[arg(long, default_value_t = 512)]
     concurrency: usize,
-    /// Give up after this long in all.
+    /// Give up on our server's run after this long.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// The seed's load script, run as `bash SCRIPT PEERS CONCURRENCY` with K
+    /// and K1 in its environment. Default: ../shared/anchors/seed-signalling/run.sh
+    /// beside this crate.
+    #[arg(long, env = "SIGNAL_LOAD_SEED_SCRIPT")]
+    seed_script: Option<PathBuf>,
+    /// Give up on the seed's run after this long (its first run also installs
+    /// its npm dependencies).
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    seed_timeout: Duration,
+    /// Measure our server alone, without the seed beside it.
+    #[arg(long)]
+    no_seed: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -433,12 +458,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// "2.0x more" / "1.5x less": ours against the baseline, in words.
+/// "2.0x more" / "1.5x less": ours against the seed's, in words.
 fn compare(ours: f64, base: f64, up: &str, down: &str) -> String {
+    // A zero (nobody joined) has no ratio worth printing.
+    if !(ours > 0.0 && base > 0.0) {
+        return "-".to_owned();
+    }
     if ours >= base {
-        format!("{:.1}x {up}", ours / base.max(f64::MIN_POSITIVE))
+        format!("{:.1}x {up}", ours / base)
     } else {
-        format!("{:.1}x {down}", base / ours.max(f64::MIN_POSITIVE))
+        format!("{:.1}x {down}", base / ours)
     }
 }
 
@@ -457,15 +486,22 @@ fn ideal_depth(peers: usize, k: u32, k1: u32) -> u32 {
     depth
 }
 
-struct Report {
+/// Our server's figures, for the table beside the seed's.
+struct Ours {
     ok: bool,
+    joins_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    rss_mb: f64,
+    depth: Option<u64>,
 }
 
 fn tally(failures: &mut BTreeMap<String, u64>, key: String) {
     *failures.entry(key).or_default() += 1;
 }
 
-async fn run(args: &Args, url: &str, http: SocketAddr) -> Result<Report> {
+async fn run(args: &Args, url: &str, http: SocketAddr) -> Result<Ours> {
     let counters = Arc::new(Counters::default());
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let idle_rss = server_rss_mb(http).await?;
@@ -615,49 +651,12 @@ async fn run(args: &Args, url: &str, http: SocketAddr) -> Result<Report> {
         latencies.len(),
         join_time.as_secs_f64()
     );
-    let base_note = if n == BASELINE_PEERS {
-        String::new()
-    } else {
-        format!(" (baseline was measured at {BASELINE_PEERS} peers, not {n})")
-    };
-    println!();
     println!(
-        "{:<20}{:>12}{:>16}   ratio{base_note}",
-        "", "ours", "JS baseline"
+        "joins/s {joins_per_s:.0}; join latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(p50),
+        ms(p99),
+        ms(max)
     );
-    println!(
-        "{:<20}{:>12.0}{:>16.0}   {}",
-        "joins/s",
-        joins_per_s,
-        BASELINE_JOINS_PER_S,
-        compare(joins_per_s, BASELINE_JOINS_PER_S, "more", "fewer")
-    );
-    for (name, ours, base) in [
-        ("p50 join latency", ms(p50), BASELINE_P50_MS),
-        ("p99 join latency", ms(p99), BASELINE_P99_MS),
-    ] {
-        println!(
-            "{name:<20}{:>9.2} ms{:>13.0} ms   {}",
-            ours,
-            base,
-            compare(ours, base, "higher", "lower")
-        );
-    }
-    println!("{:<20}{:>9.2} ms{:>16}", "max join latency", ms(max), "-");
-    println!(
-        "{:<20}{:>9.1} MB{:>13.0} MB   {}",
-        "server RSS",
-        rss,
-        BASELINE_RSS_MB,
-        compare(rss, BASELINE_RSS_MB, "more", "less")
-    );
-    if conc > 1 && joins_per_s > 0.0 {
-        println!(
-            "(with {conc} joins outstanding, queueing alone makes the mean latency about \
-             {:.1} ms (Little's law); --concurrency 1 measures unloaded latency)",
-            conc as f64 / joins_per_s * 1e3
-        );
-    }
     println!(
         "server RSS: {idle_rss:.1} MB idle, {connected_rss:.1} MB with {attempted} connections, \
          {rss:.1} MB with the tree built"
@@ -710,15 +709,315 @@ async fn run(args: &Args, url: &str, http: SocketAddr) -> Result<Report> {
             "FAIL: see above"
         }
     );
-    Ok(Report { ok })
+    Ok(Ours {
+        ok,
+        joins_per_s,
+        p50,
+        p99,
+        max,
+        rss_mb: rss,
+        depth,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The seed, measured in the same invocation
+
+/// The seed's figures, from the `RESULT seed ...` line of its driver.
+struct Seed {
+    joins_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// `null` when its driver could not read the server's RSS.
+    rss_mb: Option<f64>,
+    max_depth: Option<u64>,
+    joined: u64,
+    /// Every peer joined, none was lost, no error: the figures are whole.
+    ok: bool,
+}
+
+fn default_seed_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/anchors/seed-signalling/run.sh")
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// The seed's process group: run.sh, the node server it starts in the
+/// background and the node driver. Killing bash alone would leave the two
+/// node processes holding thousands of sockets, so the whole group is sent
+/// SIGTERM unless the script finished by itself (its trap stops the server).
+struct SeedGroup(Option<u32>);
+
+impl Drop for SeedGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pgid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs the seed's script with our peers, concurrency, k and k1, echoing
+/// what it prints; its figures, or why there are none.
+async fn run_seed(args: &Args, conc: usize) -> Result<Seed, String> {
+    let script = args.seed_script.clone().unwrap_or_else(default_seed_script);
+    if !script.is_file() {
+        return Err(format!(
+            "its script {} does not exist (give it with --seed-script or \
+             SIGNAL_LOAD_SEED_SCRIPT)",
+            script.display()
+        ));
+    }
+    // Printed for a reader to rerun by hand: where it lives, without `main/..`.
+    let script = script.canonicalize().unwrap_or(script);
+    let missing: Vec<&str> = ["bash", "node", "npm"]
+        .into_iter()
+        .filter(|p| !on_path(p))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} not found on PATH (the seed runs on Node 20 through a bash script)",
+            missing.join(", ")
+        ));
+    }
+    println!(
+        "running the seed: K={} K1={} bash {} {} {conc}",
+        args.k,
+        args.k1,
+        script.display(),
+        args.peers
+    );
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .args([args.peers.to_string(), conc.to_string()])
+        .env("K", args.k.to_string())
+        .env("K1", args.k1.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting bash {}: {e}", script.display()))?;
+    let mut group = SeedGroup(child.id());
+    let stdout = child.stdout.take().ok_or("its stdout was not captured")?;
+    let stderr = child.stderr.take().ok_or("its stderr was not captured")?;
+    // The last lines of stderr say why a failed script failed (npm, node).
+    let errors = tokio::spawn(async move {
+        let mut tail = VecDeque::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("  seed ! {line}");
+            if tail.len() == 3 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        tail
+    });
+    let work = async {
+        let mut result = None;
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| format!("reading its output: {e}"))?
+        {
+            println!("  seed | {line}");
+            if line.starts_with("RESULT seed ") {
+                result = Some(line);
+            }
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for its script: {e}"))?;
+        Ok::<_, String>((status, result))
+    };
+    // The group is not the terminal's foreground group, so Ctrl-C would not
+    // reach it: catch it here and stop the group on the way out.
+    let (status, result) = tokio::select! {
+        r = tokio::time::timeout(args.seed_timeout, work) => r.map_err(|_| {
+            format!(
+                "its run did not finish within {} (--seed-timeout)",
+                humantime::format_duration(args.seed_timeout)
+            )
+        })??,
+        _ = tokio::signal::ctrl_c() => return Err("interrupted (Ctrl-C)".to_owned()),
+    };
+    group.0 = None;
+    match result {
+        Some(line) => parse_seed_result(&line, args.peers, conc),
+        None => {
+            let tail = tokio::time::timeout(Duration::from_secs(2), errors)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let said = Vec::from(tail).join(" / ");
+            Err(format!(
+                "its script exited ({status}) without a RESULT line{}",
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its stderr ended: {said}")
+                }
+            ))
+        }
+    }
+}
+
+/// Reads `RESULT seed peers=N inflight=C joins_per_s=X ... ok=true`, the line
+/// driver.js prints for programs.
+fn parse_seed_result(line: &str, peers: usize, conc: usize) -> Result<Seed, String> {
+    let fields: HashMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    let count = |key: &str| fields.get(key).and_then(|v| v.parse::<u64>().ok());
+    let number = |key: &str| {
+        fields
+            .get(key)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    let need =
+        |key: &str| number(key).ok_or_else(|| format!("no {key} in its RESULT line: {line}"));
+    if count("peers") != Some(peers as u64) || count("inflight") != Some(conc as u64) {
+        return Err(format!(
+            "its RESULT line is not for peers={peers} inflight={conc}: {line}"
+        ));
+    }
+    Ok(Seed {
+        joins_per_s: need("joins_per_s")?,
+        p50_ms: need("p50_ms")?,
+        p99_ms: need("p99_ms")?,
+        max_ms: need("max_ms")?,
+        rss_mb: number("server_rss_mb"),
+        max_depth: count("max_depth"),
+        joined: count("joined").unwrap_or(0),
+        ok: fields.get("ok") == Some(&"true"),
+    })
+}
+
+/// One line of the table: ours, the seed's, and ours against the seed's in
+/// words ("more"/"fewer" and the like).
+fn row(name: &str, ours: f64, seed: Option<f64>, unit: &str, decimals: usize, words: (&str, &str)) {
+    let seed_text = seed.map_or("-".to_owned(), |v| format!("{v:.decimals$}{unit}"));
+    let ratio = seed.map_or(String::new(), |s| compare(ours, s, words.0, words.1));
+    table_line(
+        name,
+        &format!("{ours:.decimals$}{unit}"),
+        &seed_text,
+        &ratio,
+    );
+}
+
+fn table_line(name: &str, ours: &str, seed: &str, words: &str) {
+    let line = format!("{name:<20}{ours:>14}{seed:>14}   {words}");
+    println!("{}", line.trim_end());
+}
+
+fn print_comparison(args: &Args, ours: &Ours, seed: Option<&Result<Seed, String>>) {
+    let conc = args.concurrency.max(1);
+    let s = seed.and_then(|r| r.as_ref().ok());
+    println!();
+    println!(
+        "== ours and the seed: {} peers, k={}, k1={}, {conc} in flight ==",
+        args.peers, args.k, args.k1
+    );
+    table_line("", "ours", "seed", "ours against the seed");
+    let rows = [
+        (
+            "joins/s",
+            ours.joins_per_s,
+            s.map(|s| s.joins_per_s),
+            "",
+            0,
+            ("more", "fewer"),
+        ),
+        (
+            "p50 join latency",
+            ms(ours.p50),
+            s.map(|s| s.p50_ms),
+            " ms",
+            2,
+            ("higher", "lower"),
+        ),
+        (
+            "p99 join latency",
+            ms(ours.p99),
+            s.map(|s| s.p99_ms),
+            " ms",
+            2,
+            ("higher", "lower"),
+        ),
+        (
+            "max join latency",
+            ms(ours.max),
+            s.map(|s| s.max_ms),
+            " ms",
+            2,
+            ("higher", "lower"),
+        ),
+        (
+            "server RSS",
+            ours.rss_mb,
+            s.and_then(|s| s.rss_mb),
+            " MB",
+            1,
+            ("more", "less"),
+        ),
+    ];
+    for (name, o, b, unit, decimals, words) in rows {
+        row(name, o, b, unit, decimals, words);
+    }
+    let depth = |d: Option<u64>| d.map_or("?".to_owned(), |d| d.to_string());
+    let depth_words = match (ours.depth, s.and_then(|s| s.max_depth)) {
+        (Some(o), Some(b)) if o == b => "same".to_owned(),
+        (Some(o), Some(b)) if o > b => format!("{} deeper", o - b),
+        (Some(o), Some(b)) => format!("{} shallower", b - o),
+        _ => String::new(),
+    };
+    table_line(
+        "tree max depth",
+        &depth(ours.depth),
+        &s.map_or("-".to_owned(), |s| depth(s.max_depth)),
+        &depth_words,
+    );
+    match seed {
+        None => println!("seed: not run (--no-seed)"),
+        Some(Err(why)) => println!("seed: NOT MEASURED: {why}"),
+        Some(Ok(s)) if !s.ok => println!(
+            "seed: its run FAILED ({} of {} peers joined; see its lines above): its figures \
+             are incomplete",
+            s.joined, args.peers
+        ),
+        Some(Ok(_)) => println!(
+            "seed: measured just after ours on this machine, by its own driver (socket.io \
+             client, the same peers and concurrency)"
+        ),
+    }
+    if conc > 1 && ours.joins_per_s > 0.0 {
+        println!(
+            "(with {conc} joins outstanding, queueing alone makes the mean latency about \
+             {:.1} ms for ours (Little's law); --concurrency 1 measures unloaded latency)",
+            conc as f64 / ours.joins_per_s * 1e3
+        );
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     match main_inner(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("signal_load: {e:#}");
             ExitCode::FAILURE
@@ -726,7 +1025,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn main_inner(args: Args) -> Result<bool> {
+/// The exit status: 0, 1 (ours failed) or NO_BASELINE.
+async fn main_inner(args: Args) -> Result<u8> {
     if args.peers == 0 {
         bail!("--peers must be at least 1");
     }
@@ -770,11 +1070,25 @@ async fn main_inner(args: Args) -> Result<bool> {
     if let Some(server) = server {
         server.stop().await;
     }
-    match result {
-        Ok(r) => r.map(|r| r.ok),
+    let ours = match result {
+        Ok(r) => r?,
         Err(_) => bail!(
             "the run did not finish within {} (--timeout)",
             humantime::format_duration(args.timeout)
         ),
-    }
+    };
+
+    let seed = if args.no_seed {
+        None
+    } else {
+        println!();
+        Some(run_seed(&args, args.concurrency.max(1)).await)
+    };
+    print_comparison(&args, &ours, seed.as_ref());
+    Ok(match &seed {
+        _ if !ours.ok => 1,
+        Some(Err(_)) => NO_BASELINE,
+        Some(Ok(s)) if !s.ok => NO_BASELINE,
+        _ => 0,
+    })
 }
