@@ -17,13 +17,17 @@
 //!   the top, then `--leaves` leaves `join <tree> --k 0 --record X.ivf
 //!   --data-out X.txt`.
 //!
-//! Once every relay has joined and every leaf has recorded a frame (or
-//! `--setup-timeout` has passed), the churn phase runs for `--duration`:
-//! every `--kill-every` (each kill moved by up to a quarter period either
-//! way) a random relay or leaf (seeded xorshift, `--seed`) is SIGKILLed and
-//! a fresh process of the same kind started in its place. Then
-//! `--drain` more without kills, so the last orphans can recover and the last
-//! data lines arrive; then everything is killed and reaped.
+//! The first relay is long-lived: it is never killed, so its descriptors
+//! show what the churn of its children leaves behind. It starts alone, after
+//! the source, and both are measured with no child at all; the other relays
+//! and the leaves follow. Once every relay has joined and every leaf has
+//! recorded a frame (or `--setup-timeout` has passed), the churn phase runs
+//! for `--duration`: every `--kill-every` (each kill moved by up to a quarter
+//! period either way) a random relay (not the long-lived one) or leaf (seeded
+//! xorshift, `--seed`) is SIGKILLed and a fresh process of the same kind
+//! started in its place. Then `--drain` more without kills, so the last
+//! orphans can recover and the last data lines arrive; then the members are
+//! stopped in two steps (below) and everything is killed and reaped.
 //!
 //! Each process's stderr is read line by line by a thread of its own (and
 //! copied to `<name>.log` in the scratch directory); events are timed by the
@@ -36,6 +40,15 @@
 //!   parent, split at its `new parent` (the server's heal) and `connected to
 //!   parent` (the new connection up; the rest is the new parent's wait for
 //!   a keyframe);
+//! * frames across each heal, per recovered orphan that records (a leaf):
+//!   each recorded frame is found in the source's file by its bytes; in the
+//!   recording from a group of pictures' greatest age (`GOP_MAX_AGE`) before
+//!   the kill to as long after its first media from the new parent, the
+//!   frames recorded twice (repeated: a new parent's replay passed on) and
+//!   the file's frames in that span it does not hold (missing). Printed;
+//!   tests/churn_short.rs holds repeats to 0 (relay/src/splice.rs). Frames
+//!   are missing only where the new parent no longer held them (its group
+//!   started after the orphan's last frame);
 //! * leaf-seconds with media flowing: every leaf's recording is sampled
 //!   every 250 ms (IVF frames, read incrementally); a second counts as
 //!   flowing if the recording grew in it; only seconds of the churn phase
@@ -46,9 +59,17 @@
 //! * crashes (exits not caused by the driver) and `panicked` in any log:
 //!   both must be 0, or the driver exits non-zero;
 //! * the tree's `max_depth` and `size`, once a second;
-//! * after shutdown: processes left over (none may be; each is waited for)
-//!   and sockets on 127.0.0.1 still owned by any process the driver started
-//!   (from `ss`); both must be 0.
+//! * leaks, each compared at the same connections as before the churn: every
+//!   member but the long-lived relay is stopped, and its descriptors (sockets
+//!   and others, from /proc/PID/fd) must come back to what it held with only
+//!   its parent; then it is stopped too, and the source's must come back to
+//!   what it held before any child, and the server's `/metrics` gauges
+//!   (peers, connections, trees) to theirs with the source alone. Each
+//!   reading is polled until it stays put for a while, within a bound, and
+//!   how long it took is printed. Any difference fails the run: the
+//!   readings compare the same connections, so no allowance is needed (and
+//!   none was, in the runs that set this);
+//! * after shutdown: processes left over (none may be; each is waited for).
 //!
 //! The scratch directory (under the system temp directory) also gets every
 //! snapshot (`snapshots.jsonl`) and every kill with the victim's children
@@ -87,6 +108,14 @@ const TARGET_P95: Duration = Duration::from_secs(1);
 const MAX_IVF_FRAME: u64 = 64 << 20;
 /// Lines kept per process for crash reports.
 const TAIL_LINES: usize = 12;
+/// How often a leak reading (descriptors, the server's gauges) is taken.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+/// A reading counts as settled once it stayed the same this long: a closing
+/// peer connection gives its sockets back within a few tens of ms of the
+/// close, and the server drops a peer when its WebSocket closes.
+const SETTLE_STABLE: Duration = Duration::from_millis(500);
+/// A reading that has not come back by then is a leak.
+const SETTLE_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -95,7 +124,9 @@ const TAIL_LINES: usize = 12;
              are measured"
 )]
 struct Args {
-    /// Relay processes (`join --k K`), started before the leaves.
+    /// Relay processes (`join --k K`), started before the leaves; the first
+    /// is never killed, and what its children's churn leaves behind in it
+    /// is checked.
     #[arg(long, default_value_t = 8)]
     relays: usize,
     /// Leaf processes (`join --k 0`, recording video and data).
@@ -104,7 +135,8 @@ struct Args {
     /// Length of the churn phase (after the tree is built).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// One random relay or leaf is SIGKILLed and replaced this often.
+    /// One random relay (not the first) or leaf is SIGKILLed and replaced
+    /// this often.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     kill_every: Duration,
     /// Children per relay (also the server's cap).
@@ -156,41 +188,45 @@ struct Line {
     text: String,
 }
 
-/// Counts the complete frames of an IVF file that another process is still
-/// writing, reading only what is new since the last call: a partial last
-/// frame waits for the next call.
-struct IvfCounter {
+/// The frames of an IVF file that another process is still writing, read
+/// incrementally (a partial last frame waits for the next call), each found
+/// in the source's file by its bytes.
+struct Recording {
     path: PathBuf,
     file: Option<File>,
     /// Where the next frame header starts, once the file header was read.
     next: Option<u64>,
-    frames: u64,
+    /// Per recorded frame its index in the source's file; `None` for a
+    /// frame that is none of the file's (the recording promises byte for
+    /// byte).
+    frames: Vec<Option<u32>>,
     broken: Option<String>,
 }
 
-impl IvfCounter {
-    fn new(path: PathBuf) -> IvfCounter {
-        IvfCounter {
+impl Recording {
+    fn new(path: PathBuf) -> Recording {
+        Recording {
             path,
             file: None,
             next: None,
-            frames: 0,
+            frames: Vec::new(),
             broken: None,
         }
     }
 
-    fn poll(&mut self) -> u64 {
+    /// Frames recorded so far.
+    fn poll(&mut self, source: &FileIndex) -> u64 {
         if self.broken.is_none() {
-            if let Err(why) = self.advance() {
+            if let Err(why) = self.advance(source) {
                 self.broken = Some(why);
             }
         }
-        self.frames
+        self.frames.len() as u64
     }
 
     /// `Err` only for a file that cannot be an IVF file; a missing or short
     /// file is simply not written yet.
-    fn advance(&mut self) -> Result<(), String> {
+    fn advance(&mut self, source: &FileIndex) -> Result<(), String> {
         if self.file.is_none() {
             match File::open(&self.path) {
                 Ok(f) => self.file = Some(f),
@@ -222,6 +258,7 @@ impl IvfCounter {
             }
         };
         self.next = Some(at);
+        let mut data = Vec::new();
         while at + 12 <= len {
             let mut frame_header = [0u8; 12];
             file.seek(SeekFrom::Start(at))
@@ -239,11 +276,43 @@ impl IvfCounter {
             if at + 12 + size > len {
                 break;
             }
+            data.resize(size as usize, 0);
+            file.read_exact(&mut data).map_err(|e| e.to_string())?;
             at += 12 + size;
-            self.frames += 1;
+            self.frames.push(source.frames.get(&data[..]).copied());
             self.next = Some(at);
         }
         Ok(())
+    }
+}
+
+/// The source's file, frame by frame: where each recorded frame comes from.
+struct FileIndex {
+    frames: HashMap<bytes::Bytes, u32>,
+    /// Frames in one pass of the loop.
+    len: usize,
+}
+
+impl FileIndex {
+    fn open(path: &std::path::Path) -> Result<FileIndex> {
+        let file = relay::source::VideoFile::open(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let frames = file
+            .frames()
+            .iter()
+            .zip(0u32..)
+            .map(|(f, i)| (f.data.clone(), i))
+            .collect();
+        Ok(FileIndex {
+            frames,
+            len: file.frames().len(),
+        })
+    }
+
+    /// Two frames of the file are the same bytes (a still picture): a
+    /// recorded copy cannot be placed.
+    fn ambiguous(&self) -> bool {
+        self.frames.len() < self.len
     }
 }
 
@@ -259,7 +328,9 @@ struct Proc {
     killed_at: Option<Instant>,
     /// When it was seen gone, and how it ended.
     exited: Option<(Instant, ExitStatus)>,
-    record: Option<IvfCounter>,
+    /// A first `media from the parent` line was seen.
+    media: bool,
+    record: Option<Recording>,
     data: Option<PathBuf>,
     /// (time, frames recorded) every `SAMPLE_EVERY`, leaves only.
     samples: Vec<(Instant, u64)>,
@@ -269,6 +340,15 @@ struct Proc {
 impl Proc {
     fn alive(&self) -> bool {
         self.exited.is_none()
+    }
+
+    /// Frames recorded by `t`, as the samples saw it.
+    fn frames_at(&self, t: Instant) -> u64 {
+        self.samples
+            .iter()
+            .take_while(|s| s.0 <= t)
+            .last()
+            .map_or(0, |s| s.1)
     }
 }
 
@@ -285,7 +365,10 @@ struct Kill {
 struct Orphan {
     kill: usize,
     peer: String,
-    name: Option<String>,
+    /// Its process, if the driver knew the peer.
+    proc: Option<usize>,
+    /// Frames it had recorded at the kill, if it records.
+    frames_at_kill: Option<usize>,
     new_parent_at: Option<Instant>,
     /// `connected to parent` from another parent.
     connected_at: Option<Instant>,
@@ -301,21 +384,79 @@ struct Snapshot {
     size: u64,
     max_depth: u64,
     children: HashMap<String, Vec<String>>,
-    /// The source's peer id (the node without a parent).
-    root: Option<String>,
     /// Nodes the server still holds though their connection is gone.
     disconnected: usize,
 }
 
-/// A process's sockets beside its peer connections (children, and the
-/// parent for a member): growth out of step with the connections is a leak
-/// that the SIGKILL at the end would hide.
+/// A process's open file descriptors.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Fds {
+    sockets: usize,
+    /// Files, pipes, eventfds, epoll and timer descriptors.
+    other: usize,
+}
+
+impl std::fmt::Display for Fds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sockets {}, other fds {}", self.sockets, self.other)
+    }
+}
+
+/// The signalling server's gauges from `/metrics`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Gauges {
+    peers: u64,
+    connections: u64,
+    trees: u64,
+}
+
+impl std::fmt::Display for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "peers {}, connections {}, trees {}",
+            self.peers, self.connections, self.trees
+        )
+    }
+}
+
+/// A reading polled until it stayed the same for `SETTLE_STABLE`.
 #[derive(Clone, Copy)]
-struct Sockets {
-    udp: usize,
-    tcp: usize,
-    /// None for the signalling server.
-    conns: Option<usize>,
+struct Settled<T> {
+    value: T,
+    /// From the first reading to the last change.
+    after: Duration,
+    /// False when `SETTLE_WITHIN` ran out first.
+    stable: bool,
+}
+
+impl<T> Settled<T> {
+    fn when(&self, from: &str) -> String {
+        if self.stable {
+            format!("settled {} ms after {from}", self.after.as_millis())
+        } else {
+            format!("still changing {} s after {from}", SETTLE_WITHIN.as_secs())
+        }
+    }
+
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Settled<U> {
+        Settled {
+            value: f(self.value),
+            after: self.after,
+            stable: self.stable,
+        }
+    }
+}
+
+/// What the long-lived processes and the server held before any churn.
+#[derive(Default)]
+struct Baseline {
+    /// The source with no child.
+    source: Option<Settled<Fds>>,
+    /// The long-lived relay with only its parent.
+    relay: Option<Settled<Fds>>,
+    /// With the source alone in its tree.
+    gauges: Option<Gauges>,
 }
 
 struct Crash {
@@ -384,8 +525,12 @@ struct Run {
     next_sample: Instant,
     next_snapshot: Instant,
     next_progress: Instant,
-    /// Sockets of the processes alive when churn started, then.
-    sockets_at_start: HashMap<usize, Sockets>,
+    /// The relay that is never killed.
+    long_lived: Option<usize>,
+    baseline: Baseline,
+    /// The gauges when the churn started and when the drain ended.
+    gauges_around_churn: [Option<Gauges>; 2],
+    source_file: FileIndex,
 }
 
 fn main() -> ExitCode {
@@ -448,6 +593,7 @@ fn run(args: Args) -> Result<bool> {
             .map_or(0, |d| d.as_nanos() as u64);
         nanos ^ (u64::from(std::process::id()) << 32)
     });
+    let source_file = FileIndex::open(&args.file)?;
     let dir = std::env::temp_dir().join(format!("ptr-churn-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -484,7 +630,10 @@ fn run(args: Args) -> Result<bool> {
         next_sample: now,
         next_snapshot: now,
         next_progress: now,
-        sockets_at_start: HashMap::new(),
+        long_lived: None,
+        baseline: Baseline::default(),
+        gauges_around_churn: [None, None],
+        source_file,
         args,
     };
     println!(
@@ -522,8 +671,22 @@ impl Run {
         let setup_start = Instant::now();
         let setup_deadline = setup_start + self.args.setup_timeout;
         self.start_server()?;
-        self.start_source()?;
-        for _ in 0..self.args.relays {
+        let source = self.start_source()?;
+        // What the churn is compared with, each read before its process has
+        // a child: the source's descriptors and the server's gauges with the
+        // source alone, then the long-lived relay's with only its parent.
+        let alone = self.settle(|r| Some((r.fds(source)?, r.gauges()?)), |_| true);
+        self.baseline.source = alone.map(|s| s.map(|v| v.0));
+        self.baseline.gauges = alone.map(|s| s.value.1);
+        if self.args.relays > 0 {
+            let p = self.spawn_member(Kind::Relay)?;
+            self.long_lived = Some(p);
+            if !self.wait_for(setup_deadline, |r| r.procs[p].media) {
+                eprintln!("warning: the long-lived relay had no media within --setup-timeout");
+            }
+            self.baseline.relay = self.settle(|r| r.fds(p), |_| true);
+        }
+        for _ in 1..self.args.relays {
             self.spawn_member(Kind::Relay)?;
         }
         // Relays first, so that they take the slots near the top.
@@ -559,11 +722,7 @@ impl Run {
         if let Some(s) = &setup_snapshot {
             println!("        tree size {}, max depth {}", s.size, s.max_depth);
         }
-        for p in 0..self.procs.len() {
-            if let Some(sk) = self.sockets(p, setup_snapshot.as_ref()) {
-                self.sockets_at_start.insert(p, sk);
-            }
-        }
+        self.gauges_around_churn[0] = self.gauges();
         let start = Instant::now();
         let end = start + self.args.duration;
         self.churn = Some((start, end));
@@ -590,6 +749,7 @@ impl Run {
         // the loss figure counts only lines a leaf had time to get.
         self.stop_writer_flag();
         self.service(end + self.args.drain);
+        self.gauges_around_churn[1] = self.gauges();
         Ok(())
     }
 
@@ -631,6 +791,7 @@ impl Run {
             peer: None,
             killed_at: None,
             exited: None,
+            media: false,
             record: None,
             data: None,
             samples: Vec::new(),
@@ -659,7 +820,7 @@ impl Run {
         Ok(())
     }
 
-    fn start_source(&mut self) -> Result<()> {
+    fn start_source(&mut self) -> Result<usize> {
         let url = self.ws_url();
         let file = self
             .args
@@ -681,7 +842,7 @@ impl Run {
         ]
         .map(str::to_owned)
         .to_vec();
-        self.spawn(Kind::Source, "source".into(), &args, true)?;
+        let idx = self.spawn(Kind::Source, "source".into(), &args, true)?;
         let deadline = Instant::now() + START_TIMEOUT;
         if !self.wait_for(deadline, |r| r.tree.is_some()) {
             bail!("the source did not print `tree: <id>` within 20 s");
@@ -693,7 +854,7 @@ impl Run {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = data_writer(stdin, self.args.data_rate, stop.clone());
         self.writer = Some((stop, handle));
-        Ok(())
+        Ok(idx)
     }
 
     fn spawn_member(&mut self, kind: Kind) -> Result<usize> {
@@ -725,7 +886,7 @@ impl Run {
                 args.push(flag.into());
                 args.push(path.to_str().context("scratch path is not UTF-8")?.into());
             }
-            record = Some(IvfCounter::new(ivf));
+            record = Some(Recording::new(ivf));
             data = Some(txt);
         }
         let idx = self.spawn(kind, name, &args, false)?;
@@ -743,31 +904,95 @@ impl Run {
         (0..self.procs.len()).filter(move |&p| self.procs[p].kind == kind && self.procs[p].alive())
     }
 
-    /// A live process's sockets and peer connections, by `snap`.
-    fn sockets(&self, p: usize, snap: Option<&Snapshot>) -> Option<Sockets> {
+    /// A live process's descriptors.
+    fn fds(&self, p: usize) -> Option<Fds> {
         let q = &self.procs[p];
         if !q.alive() {
             return None;
         }
-        let (udp, tcp) = sockets_of(q.pid)?;
-        let children =
-            |peer: Option<&str>| peer.and_then(|peer| snap?.children.get(peer).map(Vec::len));
-        let conns = match q.kind {
-            Kind::Signal => None,
-            Kind::Source => children(snap.and_then(|s| s.root.as_deref())),
-            Kind::Relay | Kind::Leaf => children(q.peer.as_deref()).map(|c| c + 1),
-        };
-        if q.kind != Kind::Signal && conns.is_none() {
+        let (sockets, other) = procfs::descriptors(q.pid)?;
+        Some(Fds {
+            sockets: sockets.len(),
+            other,
+        })
+    }
+
+    fn gauges(&self) -> Option<Gauges> {
+        let addr = self.http.as_deref()?;
+        let got = self
+            .rt
+            .block_on(signalling::client::http_get(addr, "/metrics", HTTP_TIMEOUT));
+        let Ok((200, body)) = got else {
             return None;
+        };
+        let gauge = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some(Gauges {
+            peers: gauge("peer_tree_peers")?,
+            connections: gauge("peer_tree_connections")?,
+            trees: gauge("peer_tree_trees")?,
+        })
+    }
+
+    /// Reads `read` every `SETTLE_POLL`, servicing the processes in between,
+    /// until it has stayed the same for `SETTLE_STABLE` with a value that is
+    /// `enough`, or `SETTLE_WITHIN` has passed; `None` if it never read.
+    fn settle<T: Copy + PartialEq>(
+        &mut self,
+        read: impl Fn(&Run) -> Option<T>,
+        enough: impl Fn(&T) -> bool,
+    ) -> Option<Settled<T>> {
+        let start = Instant::now();
+        let deadline = start + SETTLE_WITHIN;
+        let mut last: Option<(T, Instant)> = None;
+        loop {
+            let now = Instant::now();
+            if let Some(v) = read(self) {
+                if last.is_none_or(|(l, _)| l != v) {
+                    last = Some((v, now));
+                }
+            }
+            let stable = last.is_some_and(|(_, since)| now - since >= SETTLE_STABLE);
+            if (stable && last.is_some_and(|(v, _)| enough(&v))) || now >= deadline {
+                return last.map(|(value, since)| Settled {
+                    value,
+                    after: since - start,
+                    stable,
+                });
+            }
+            self.service(now + SETTLE_POLL);
         }
-        Some(Sockets { udp, tcp, conns })
+    }
+
+    /// SIGKILLs the live members `which` picks and waits for each; how many.
+    fn stop(&mut self, which: impl Fn(usize, &Proc) -> bool) -> usize {
+        let mut stopped = 0;
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            if p.alive() && which(i, p) {
+                let _ = p.child.kill();
+                if let Ok(st) = p.child.wait() {
+                    p.exited = Some((Instant::now(), st));
+                    stopped += 1;
+                }
+            }
+        }
+        stopped
+    }
+
+    fn orphan_name<'a>(&'a self, o: &'a Orphan) -> &'a str {
+        o.proc.map_or(&o.peer, |p| &self.procs[p].name)
     }
 
     fn kill_one(&mut self, rng: &mut Rng) -> Result<()> {
         let candidates: Vec<usize> = (0..self.procs.len())
             .filter(|&p| {
                 let q = &self.procs[p];
-                matches!(q.kind, Kind::Relay | Kind::Leaf) && q.alive() && q.peer.is_some()
+                matches!(q.kind, Kind::Relay | Kind::Leaf)
+                    && q.alive()
+                    && q.peer.is_some()
+                    && Some(p) != self.long_lived
             })
             .collect();
         if candidates.is_empty() {
@@ -807,15 +1032,19 @@ impl Run {
         let kill = self.kills.len();
         let first_orphan = self.orphans.len();
         for child in children {
-            let name = self
+            let proc = self
                 .procs
                 .iter()
-                .find(|q| q.peer.as_deref() == Some(child.as_str()))
-                .map(|q| q.name.clone());
+                .position(|q| q.peer.as_deref() == Some(child.as_str()));
+            // What came before the heal is all from the dead parent.
+            let frames_at_kill = proc
+                .and_then(|q| self.procs[q].record.as_mut())
+                .map(|rec| rec.poll(&self.source_file) as usize);
             self.orphans.push(Orphan {
                 kill,
                 peer: child,
-                name,
+                proc,
+                frames_at_kill,
                 new_parent_at: None,
                 connected_at: None,
                 media_at: None,
@@ -825,7 +1054,7 @@ impl Run {
         }
         let children_names: Vec<String> = self.orphans[first_orphan..]
             .iter()
-            .map(|o| format!("{}={}", o.name.as_deref().unwrap_or("?"), o.peer))
+            .map(|o| format!("{}={}", self.orphan_name(o), o.peer))
             .collect();
         self.journal(
             "kills.txt",
@@ -870,7 +1099,10 @@ impl Run {
                 }
                 self.next_snapshot = now + SNAPSHOT_EVERY;
             }
-            if self.churn.is_some() && now >= self.next_progress {
+            let churning = self
+                .churn
+                .is_some_and(|(_, end)| now < end + self.args.drain);
+            if churning && now >= self.next_progress {
                 self.progress();
                 self.next_progress = now + PROGRESS_EVERY;
             }
@@ -915,7 +1147,7 @@ impl Run {
                 continue;
             }
             if let Some(rec) = p.record.as_mut() {
-                let frames = rec.poll();
+                let frames = rec.poll(&self.source_file);
                 p.samples.push((now, frames));
             }
         }
@@ -1066,6 +1298,7 @@ impl Run {
                 }
             }
         } else if text.contains("media from the parent ") && text.contains(" after its offer") {
+            self.procs[line.proc].media = true;
             let parent = field(&text, "parent").unwrap_or("");
             for o in &mut self.orphans {
                 let k = &self.kills[o.kill];
@@ -1131,41 +1364,34 @@ impl Run {
     // -----------------------------------------------------------------
     // The end
 
-    /// Prints the figures, kills and reaps everything, checks for leftovers;
-    /// whether every must-be-zero figure was zero.
+    /// Prints the figures, stops the members and checks what they leave
+    /// behind, kills and reaps everything, checks for leftovers; whether
+    /// every must-be-zero figure was zero.
     fn report_and_shutdown(&mut self) -> bool {
         self.stop_writer_flag();
         let sent: Vec<Instant> = match self.writer.take() {
             Some((_, h)) => h.join().unwrap_or_default(),
             None => Vec::new(),
         };
-        // Sockets of the long-lived processes before anything is stopped.
-        let socket_lines = self.socket_report();
+        // The last frames a killed leaf wrote are read too.
+        for p in &mut self.procs {
+            if let Some(rec) = p.record.as_mut() {
+                rec.poll(&self.source_file);
+            }
+        }
         let (orphan_ok, recovery_p95) = self.report_recovery();
+        self.report_heal_frames();
         self.report_flowing();
         self.report_data(&sent);
         self.report_depth();
-        for l in socket_lines {
-            println!("{l}");
-        }
         self.report_warnings();
+        let leaks = self.check_leaks();
 
         // Shutdown: SIGKILL, then wait for each, so none stays a zombie.
         let shutdown_start = Instant::now();
         self.source_stdin = None;
-        let mut reaped = 0;
-        for p in &mut self.procs {
-            if p.alive() {
-                let _ = p.child.kill();
-                if let Ok(st) = p.child.wait() {
-                    p.exited = Some((Instant::now(), st));
-                    reaped += 1;
-                }
-            }
-        }
-        let pids: HashSet<u32> = self.procs.iter().map(|p| p.pid).collect();
+        let reaped = self.stop(|_, _| true);
         let left = leftover_children();
-        let leaks = leaked_sockets(&pids);
         println!(
             "\nshutdown: {} processes started over the run, {reaped} killed at the end, all \
              waited for in {} ms; left over (alive or zombie): {}",
@@ -1177,22 +1403,6 @@ impl Run {
                 format!("{} ({left:?})", left.len())
             }
         );
-        let leak_count = match &leaks {
-            Ok((tcp, udp, lines)) => {
-                println!(
-                    "leaked sockets on 127.0.0.1 owned by processes started here (ss -tuanp): \
-                     tcp {tcp}, udp {udp}"
-                );
-                for l in lines.iter().take(10) {
-                    println!("    {l}");
-                }
-                tcp + udp
-            }
-            Err(e) => {
-                println!("leaked sockets: cannot tell ({e:#})");
-                0
-            }
-        };
 
         println!("\n== Verdict (load average now {}) ==", loadavg());
         let crashes = self.crashes.len();
@@ -1206,6 +1416,9 @@ impl Run {
         println!("log lines with `panicked`: {}", self.panics.len());
         for l in self.panics.iter().take(5) {
             println!("    {}", shorten(l, 300));
+        }
+        for (line, _) in &leaks {
+            println!("{line}");
         }
         match recovery_p95 {
             Some(p95) => println!(
@@ -1222,7 +1435,7 @@ impl Run {
             ),
             None => println!("target: p95 recovery under 1 s: no orphan recovered, nothing to say"),
         }
-        crashes == 0 && self.panics.is_empty() && left.is_empty() && leak_count == 0
+        crashes == 0 && self.panics.is_empty() && left.is_empty() && leaks.iter().all(|l| l.1)
     }
 
     fn report_recovery(&self) -> (bool, Option<Duration>) {
@@ -1336,7 +1549,7 @@ impl Run {
                     .at
                     .saturating_duration_since(s)
                     .as_secs_f64()),
-                o.name.as_deref().unwrap_or(&o.peer),
+                self.orphan_name(o),
                 since(o.new_parent_at),
                 since(o.connected_at),
                 since(o.media_at),
@@ -1359,6 +1572,117 @@ impl Run {
             );
         }
         (never.is_empty(), p95)
+    }
+
+    /// Frames recorded twice and frames missing across each heal, per
+    /// recovered orphan that records. Its window runs from a group of
+    /// pictures' greatest age (`GOP_MAX_AGE`) before the kill, so that it
+    /// holds every frame the new parent's replay can repeat, to as long after
+    /// its first media from the new parent, so that it holds frames from the
+    /// new parent even when its recorder waited for a keyframe. The same
+    /// orphan's kills before and after bound it: what it recorded before the
+    /// last one came from the parent before, so each seam is counted once.
+    fn report_heal_frames(&self) {
+        let reach = relay::gop::GOP_MAX_AGE;
+        let mut rows: Vec<(usize, HealFrames)> = Vec::new();
+        let (mut no_recording, mut unrecovered, mut nothing_after) = (0, 0, 0);
+        let mut last_kill: HashMap<usize, usize> = HashMap::new();
+        for (i, o) in self.orphans.iter().enumerate() {
+            let (Some(p), Some(at_kill)) = (o.proc, o.frames_at_kill) else {
+                no_recording += 1;
+                continue;
+            };
+            let before = last_kill.insert(p, at_kill).unwrap_or(0);
+            let q = &self.procs[p];
+            let Some(rec) = q.record.as_ref() else {
+                no_recording += 1;
+                continue;
+            };
+            let Some(media) = o.media_at else {
+                unrecovered += 1;
+                continue;
+            };
+            let frames_at = |t: Instant| match q.samples.last() {
+                Some(&(last, _)) if t <= last => q.frames_at(t) as usize,
+                // Past the last sample: all it wrote.
+                _ => rec.frames.len(),
+            };
+            let kill_at = self.kills[o.kill].at;
+            let from = kill_at
+                .checked_sub(reach)
+                .map_or(0, frames_at)
+                .max(before)
+                .min(at_kill);
+            let next_heal = self.orphans[i + 1..]
+                .iter()
+                .find(|n| n.proc == Some(p))
+                .and_then(|n| n.frames_at_kill);
+            let to = frames_at(media + reach)
+                .min(next_heal.unwrap_or(usize::MAX))
+                .min(rec.frames.len());
+            if to <= at_kill {
+                nothing_after += 1;
+                continue;
+            }
+            rows.push((i, heal_frames(&rec.frames[from..to], self.source_file.len)));
+        }
+        let reach = reach.as_secs_f64();
+        println!(
+            "\n== Frames across each heal, per recovered orphan that records: {} of {} orphans \
+             ({no_recording} record nothing; {unrecovered} did not recover or were killed first; \
+             {nothing_after} recorded nothing after the heal in time); each from {reach} s before \
+             the kill to {reach} s after its first media from the new parent ==",
+            rows.len(),
+            self.orphans.len(),
+        );
+        if self.source_file.ambiguous() {
+            println!(
+                "    the source's file holds the same frame twice: recorded frames cannot be \
+                 placed, no figures"
+            );
+            return;
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let repeated: Vec<usize> = rows.iter().map(|r| r.1.repeated).collect();
+        let missing: Vec<usize> = rows.iter().map(|r| r.1.missing).collect();
+        let summary = |v: &[usize]| {
+            format!(
+                "median {}, max {}, total {}; orphans with any {}",
+                percentile(v, 0.5).unwrap_or(0),
+                v.iter().max().copied().unwrap_or(0),
+                v.iter().sum::<usize>(),
+                v.iter().filter(|&&n| n > 0).count()
+            )
+        };
+        println!(
+            "repeated (recorded twice: a new parent's replay passed on): {}",
+            summary(&repeated)
+        );
+        println!(
+            "missing (source frames in the window's span not held): {}",
+            summary(&missing)
+        );
+        let foreign: usize = rows.iter().map(|r| r.1.foreign).sum();
+        if foreign > 0 {
+            println!("    recorded frames that are none of the file's: {foreign}");
+        }
+        let list: Vec<String> = rows
+            .iter()
+            .map(|(i, h)| {
+                let o = &self.orphans[*i];
+                format!(
+                    "{} (kill #{} of {}) {}/{}",
+                    self.orphan_name(o),
+                    o.kill + 1,
+                    self.kills[o.kill].victim,
+                    h.repeated,
+                    h.missing
+                )
+            })
+            .collect();
+        println!("    per orphan, repeated/missing: {}", list.join(", "));
     }
 
     fn report_flowing(&self) {
@@ -1384,18 +1708,11 @@ impl Run {
             };
             let from = first.max(start);
             let to = last.min(end);
-            let frames_at = |t: Instant| {
-                p.samples
-                    .iter()
-                    .take_while(|s| s.0 <= t)
-                    .last()
-                    .map_or(0, |s| s.1)
-            };
             let (mut t, mut n, mut f) = (from, 0, 0);
             while t + Duration::from_secs(1) <= to {
                 let next = t + Duration::from_secs(1);
                 n += 1;
-                if frames_at(next) > frames_at(t) {
+                if p.frames_at(next) > p.frames_at(t) {
                     f += 1;
                 }
                 t = next;
@@ -1583,71 +1900,124 @@ impl Run {
         );
     }
 
-    /// Sockets of the processes alive through the churn, at its start and
-    /// now, beside their peer connections.
-    fn socket_report(&self) -> Vec<String> {
-        let mut out = vec![
-            "\n== Sockets of processes alive through the churn: at its start -> at its end =="
-                .to_owned(),
-        ];
-        let snap = self.snapshots.last();
-        let members_now = self.procs.iter().filter(|p| p.alive()).count() - 1;
-        let (mut u0, mut c0, mut u1, mut c1, mut t0, mut t1, mut n) = (0, 0, 0, 0, 0, 0, 0);
-        let mut rows = Vec::new();
-        for (&p, a) in &self.sockets_at_start {
-            let Some(b) = self.sockets(p, snap) else {
-                continue;
-            };
-            let q = &self.procs[p];
-            match (q.kind, a.conns, b.conns) {
-                (Kind::Signal, _, _) => out.push(format!(
-                    "    signal: tcp {} -> {} (members connected now: {members_now}, plus the \
-                     listener)",
-                    a.tcp, b.tcp
-                )),
-                (Kind::Source, Some(ca), Some(cb)) => out.push(format!(
-                    "    source: udp {} for {ca} peer connections -> {} for {cb}; tcp {} -> {}",
-                    a.udp, b.udp, a.tcp, b.tcp
-                )),
-                (_, Some(ca), Some(cb)) => {
-                    n += 1;
-                    (u0, c0, t0) = (u0 + a.udp, c0 + ca, t0 + a.tcp);
-                    (u1, c1, t1) = (u1 + b.udp, c1 + cb, t1 + b.tcp);
-                    rows.push((q.name.clone(), b.udp, cb));
-                }
-                _ => {}
-            }
+    /// Stops the members in two steps and compares what the long-lived
+    /// processes and the server hold then with what they held before any
+    /// child: every member but the long-lived relay, which must come back to
+    /// what it held with only its parent; then that one too, and the source
+    /// and the server must come back to the source alone. Returns verdict
+    /// lines, each with whether it passed.
+    fn check_leaks(&mut self) -> Vec<(String, bool)> {
+        println!(
+            "\n== Leaks: descriptors of the long-lived processes and the server's gauges, \
+             compared at the same connections as before any child =="
+        );
+        let member = |p: &Proc| matches!(p.kind, Kind::Relay | Kind::Leaf);
+        if let [Some(start), Some(end)] = self.gauges_around_churn {
+            println!(
+                "    server at the churn's start: {start}; at the drain's end: {end}, with {} \
+                 members and the source alive",
+                self.procs.iter().filter(|p| member(p) && p.alive()).count()
+            );
         }
-        let per = |u: usize, c: usize| {
-            if c == 0 {
-                "-".to_owned()
-            } else {
-                format!("{:.2}", u as f64 / c as f64)
-            }
+        let mut verdict = Vec::new();
+        let (Some(alone), Some(source)) = (
+            self.baseline.gauges,
+            self.procs.iter().position(|p| p.kind == Kind::Source),
+        ) else {
+            verdict.push(("leaks: no baseline was read, cannot tell".to_owned(), false));
+            return verdict;
         };
-        out.push(format!(
-            "    {n} relays/leaves alive throughout: udp {u0} for {c0} peer connections ({} \
-             each) -> {u1} for {c1} ({} each); tcp {t0} -> {t1}",
-            per(u0, c0),
-            per(u1, c1)
-        ));
-        // More UDP sockets per connection than the start's ratio: a leak
-        // candidate (one connection being torn down at the moment of
-        // reading also shows up here).
-        let base = if c0 == 0 { 2.0 } else { u0 as f64 / c0 as f64 };
-        rows.sort();
-        let over: Vec<String> = rows
-            .iter()
-            .filter(|(_, u, c)| *u as f64 > base * *c as f64)
-            .map(|(name, u, c)| format!("{name} udp {u} for {c}"))
-            .collect();
-        if !over.is_empty() {
-            out.push(format!(
-                "    more UDP sockets per connection than at the start: {}",
-                over.join(", ")
-            ));
+        let mut gauges_back = true;
+        if let Some(relay) = self.long_lived {
+            let want = Gauges {
+                peers: alone.peers + 1,
+                connections: alone.connections + 1,
+                ..alone
+            };
+            let peer = self.procs[relay].peer.clone().unwrap_or_default();
+            let children: HashSet<&String> = self
+                .snapshots
+                .iter()
+                .filter_map(|s| s.children.get(&peer))
+                .flatten()
+                .collect();
+            let what = format!(
+                "{} (the long-lived relay, {} children over the run)",
+                self.procs[relay].name,
+                children.len()
+            );
+            let base = self.baseline.relay;
+            let (line, ok, g) = self.leak_step(
+                |i, p| member(p) && i != relay,
+                relay,
+                &what,
+                "with only its parent",
+                base,
+                want,
+            );
+            verdict.push((format!("leaked by the long-lived relay: {line}"), ok));
+            gauges_back &= g;
         }
-        out
+        let base = self.baseline.source;
+        let (line, ok, g) = self.leak_step(
+            |_, p| member(p),
+            source,
+            "source",
+            "before any child",
+            base,
+            alone,
+        );
+        verdict.push((format!("leaked by the source: {line}"), ok));
+        gauges_back &= g;
+        verdict.push((
+            format!(
+                "server gauges back to the baseline: {}",
+                if gauges_back { "yes" } else { "NO" }
+            ),
+            gauges_back,
+        ));
+        verdict
+    }
+
+    /// One step of [`Run::check_leaks`]: stops the members `which` picks,
+    /// then polls `keeper`'s descriptors and the server's gauges until both
+    /// are back at `base` and `want` (or stay put otherwise). Prints what it
+    /// read; returns the descriptors leaked, whether none was, and whether
+    /// the gauges came back.
+    fn leak_step(
+        &mut self,
+        which: impl Fn(usize, &Proc) -> bool,
+        keeper: usize,
+        what: &str,
+        base_when: &str,
+        base: Option<Settled<Fds>>,
+        want: Gauges,
+    ) -> (String, bool, bool) {
+        let stopped = self.stop(which);
+        let base_fds = base.map(|b| b.value);
+        let end = self.settle(
+            |r| Some((r.fds(keeper)?, r.gauges()?)),
+            |&(fds, gauges)| Some(fds) == base_fds && gauges == want,
+        );
+        let (Some(b), Some(e)) = (base, end) else {
+            println!("    {what}: no reading {base_when} or after the stop, cannot tell");
+            return ("cannot tell".to_owned(), false, false);
+        };
+        let (fds, gauges) = e.value;
+        println!(
+            "    {what}: {} {base_when} ({}) -> {fds} once {stopped} more members were stopped \
+             ({}); server then: {gauges} (want {want})",
+            b.value,
+            b.when("the first reading"),
+            e.when("the stop"),
+        );
+        let sockets = fds.sockets as i64 - b.value.sockets as i64;
+        let other = fds.other as i64 - b.value.other as i64;
+        (
+            format!("sockets {sockets}, other fds {other}"),
+            sockets == 0 && other == 0,
+            gauges == want,
+        )
     }
 
     fn report_warnings(&self) {
@@ -1786,7 +2156,6 @@ fn parse_snapshot(body: &str, at: Instant) -> Option<Snapshot> {
     let max_depth = v.get("max_depth")?.as_u64()?;
     let mut children = HashMap::new();
     let mut disconnected = 0;
-    let mut root = None;
     for node in v.get("nodes")?.as_array()? {
         let Some(peer) = node.get("peer").and_then(|p| p.as_str()) else {
             continue;
@@ -1800,9 +2169,6 @@ fn parse_snapshot(body: &str, at: Instant) -> Option<Snapshot> {
                     .collect()
             })
             .unwrap_or_default();
-        if node.get("parent").is_some_and(|p| p.is_null()) {
-            root = Some(peer.to_owned());
-        }
         if node.get("connected").and_then(|c| c.as_bool()) == Some(false) {
             disconnected += 1;
         }
@@ -1813,7 +2179,6 @@ fn parse_snapshot(body: &str, at: Instant) -> Option<Snapshot> {
         size,
         max_depth,
         children,
-        root,
         disconnected,
     })
 }
@@ -1855,6 +2220,54 @@ fn shorten(s: &str, n: usize) -> String {
     }
 }
 
+/// What a stretch of a recording holds of the source's looping file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HealFrames {
+    /// Frames recorded while already held.
+    repeated: usize,
+    /// The file's frames from the stretch's first to its last (loops
+    /// unwrapped) that it does not hold.
+    missing: usize,
+    /// Frames that are none of the file's.
+    foreign: usize,
+}
+
+/// Counts a recorded stretch (file indices, in recording order) against a
+/// file of `len` frames played in a loop. A step from one frame to the next
+/// is read as the shorter way round the loop: forward is a hole, backward
+/// a replay. That reads a hole longer than half the loop (5 s of the
+/// sample) as a replay; a heal takes about a second.
+fn heal_frames(stretch: &[Option<u32>], len: usize) -> HealFrames {
+    let len = len as i64;
+    let mut counts = HealFrames::default();
+    let mut held = HashSet::new();
+    let mut at: Option<(i64, i64)> = None; // (unwrapped, file index)
+    let (mut lowest, mut highest) = (i64::MAX, i64::MIN);
+    for frame in stretch {
+        let Some(i) = frame.map(i64::from) else {
+            counts.foreign += 1;
+            continue;
+        };
+        let u = match at {
+            None => i,
+            Some((u, prev)) => {
+                let skip = (i - prev - 1).rem_euclid(len);
+                u + 1 + if skip > len / 2 { skip - len } else { skip }
+            }
+        };
+        if !held.insert(u) {
+            counts.repeated += 1;
+        }
+        lowest = lowest.min(u);
+        highest = highest.max(u);
+        at = Some((u, i));
+    }
+    if at.is_some() {
+        counts.missing = (highest - lowest + 1) as usize - held.len();
+    }
+    counts
+}
+
 /// Nearest rank.
 fn percentile<T: Copy + Ord>(v: &[T], q: f64) -> Option<T> {
     if v.is_empty() {
@@ -1868,31 +2281,6 @@ fn percentile<T: Copy + Ord>(v: &[T], q: f64) -> Option<T> {
 
 fn ms(d: Option<Duration>) -> String {
     d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()))
-}
-
-/// (udp, tcp) sockets a live process holds.
-fn sockets_of(pid: u32) -> Option<(usize, usize)> {
-    let inodes = procfs::socket_inodes(pid)?;
-    let count = |tables: &[&str]| {
-        tables
-            .iter()
-            .filter_map(|t| std::fs::read_to_string(t).ok())
-            .map(|text| {
-                text.lines()
-                    .skip(1)
-                    .filter(|l| {
-                        l.split_whitespace()
-                            .nth(9)
-                            .is_some_and(|i| inodes.contains(i))
-                    })
-                    .count()
-            })
-            .sum::<usize>()
-    };
-    Some((
-        count(&["/proc/net/udp", "/proc/net/udp6"]),
-        count(&["/proc/net/tcp", "/proc/net/tcp6"]),
-    ))
 }
 
 /// Children of this process that still exist, alive or zombie: after every
@@ -1922,38 +2310,4 @@ fn leftover_children() -> Vec<String> {
         }
     }
     left
-}
-
-/// Sockets on 127.0.0.1 that `ss` attributes to any of `pids`: (tcp, udp, lines).
-fn leaked_sockets(pids: &HashSet<u32>) -> Result<(usize, usize, Vec<String>)> {
-    let out = Command::new("ss")
-        .args(["-tuanp"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .context("running ss")?;
-    if !out.status.success() {
-        bail!("ss -tuanp: {}", out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (mut tcp, mut udp, mut lines) = (0, 0, Vec::new());
-    for line in text.lines().skip(1) {
-        if !line.contains("127.0.0.1") {
-            continue;
-        }
-        let ours = line.split("pid=").skip(1).any(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<u32>().is_ok_and(|p| pids.contains(&p))
-        });
-        if !ours {
-            continue;
-        }
-        if line.starts_with("tcp") {
-            tcp += 1;
-        } else {
-            udp += 1;
-        }
-        lines.push(line.to_owned());
-    }
-    Ok((tcp, udp, lines))
 }

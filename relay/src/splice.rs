@@ -21,7 +21,7 @@
 //!   and nothing is missing: the children see one stream with no seam, and
 //!   the frames they missed while the node had no parent come now, as the
 //!   new parent sends them (a replay's frames a millisecond apart, so they
-//!   catch up).
+//!   catch up). The SSRC stays the first upstream's.
 //! - Otherwise (the new parent's group started after the last frame sent,
 //!   or it is another encoding, as from a browser parent) video waits for
 //!   a keyframe and continues with one missing sequence number, which tells
@@ -34,6 +34,7 @@ use std::hash::Hasher;
 use std::time::{Duration, Instant};
 
 use rtc::rtp::packet::Packet;
+use tracing::debug;
 
 use crate::forward::starts_keyframe;
 use crate::media::Codec;
@@ -61,12 +62,16 @@ pub struct Splice {
     resync: bool,
     seq_offset: u16,
     ts_offset: u32,
+    /// The first upstream's SSRC, kept: for the legs that read the hub's
+    /// packets as they are (the recorder), a new SSRC is a new stream.
+    ssrc: Option<u32>,
     /// The newest packet sent: sequence number, timestamp, when.
     last: Option<(u16, u32, Instant)>,
     recent: VecDeque<Sent>,
     /// While a new upstream is not joined yet: its newest packet that was
     /// sent before.
     tie: Option<Tie>,
+    said_waiting: bool,
 }
 
 /// A packet that went out: its payload's fingerprint and its numbers.
@@ -103,6 +108,7 @@ impl Splice {
     pub fn restart(&mut self) {
         self.resync = true;
         self.tie = None;
+        self.said_waiting = false;
     }
 
     /// The packet as children should see it.
@@ -112,12 +118,14 @@ impl Splice {
                 return wait;
             }
         }
-        let out = if self.seq_offset == 0 && self.ts_offset == 0 {
+        let ssrc = *self.ssrc.get_or_insert(pkt.header.ssrc);
+        let out = if self.seq_offset == 0 && self.ts_offset == 0 && pkt.header.ssrc == ssrc {
             Cow::Borrowed(pkt)
         } else {
             let mut p = pkt.clone();
             p.header.sequence_number = p.header.sequence_number.wrapping_add(self.seq_offset);
             p.header.timestamp = p.header.timestamp.wrapping_add(self.ts_offset);
+            p.header.ssrc = ssrc;
             Cow::Owned(p)
         };
         let (seq, ts) = (out.header.sequence_number, out.header.timestamp);
@@ -165,13 +173,29 @@ impl Splice {
         let newest = self.last.map(|(seq, _, _)| seq);
         match self.tie {
             Some(t) if Some(t.out_seq) == newest && after(in_seq, t.in_seq) => {
+                debug!(
+                    in_seq,
+                    out_seq = t.out_seq.wrapping_add(1),
+                    "spliced onto the new stream"
+                );
                 self.seq_offset = t.out_seq.wrapping_sub(t.in_seq);
                 self.ts_offset = t.out_ts.wrapping_sub(t.in_ts);
             }
             _ if codec.is_video() && !starts_keyframe(codec, &pkt.payload) => {
+                if !self.said_waiting {
+                    self.said_waiting = true;
+                    debug!(
+                        in_seq,
+                        tie = ?self.tie,
+                        newest_sent = ?newest,
+                        recent = self.recent.len(),
+                        "nothing to splice at: waiting for a keyframe"
+                    );
+                }
                 return Some(Mapped::AwaitingKeyframe);
             }
             _ => {
+                debug!(in_seq, tie = ?self.tie, newest_sent = ?newest, "joined the new stream at a keyframe");
                 if let Some((seq, ts, at)) = self.last {
                     let since = now
                         .saturating_duration_since(at)
@@ -334,6 +358,13 @@ mod tests {
             (1015, 102_270),
         ];
         assert_eq!(got, want);
+        // One SSRC for the children throughout.
+        let mut p = vp8(66, 7_720, 8, 0, false);
+        p.header.ssrc = 0xbeef;
+        match r.map(&p, Codec::Vp8, t1) {
+            Mapped::Send(o) => assert_eq!(o.header.ssrc, 0),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
