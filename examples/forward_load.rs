@@ -3,9 +3,9 @@
 //!
 //! ```sh
 //! cargo build --release --bins --examples      # the relay binary and this driver
-//! cargo run --release --example forward_load   # k = 1, 4, 8; about 2 minutes
+//! cargo run --release --example forward_load   # k = 1, 4, 8; at most 9 minutes
 //! cargo run --release --example forward_load -- --repeat 3        # medians of 3
-//! cargo run --release --example forward_load -- --ks 8 --rates 40000,50000,60000
+//! cargo run --release --example forward_load -- --ks 8 --rates 40000,50000,60000 --grow 1
 //! ```
 //!
 //! For each k (default 1, 4 and 8) and each relay kind, one tree on loopback:
@@ -29,9 +29,14 @@
 //! hop = relay path - direct path, per percentile); then the direct sink
 //! leaves and the rate rises in steps (`--rates`, in packet-copies/s =
 //! packets into the relay times k), each `--step` long plus `--drain` of
-//! silence. A step passes when every relay sink got every packet of it (NACK
-//! repairs included). After the first failing step is repeated once, the next
-//! failure ends that configuration.
+//! silence. Past the last listed rate it keeps rising by `--grow` per step:
+//! a run where every listed step passes says nothing about the limit. A step
+//! passes when every relay sink got every packet of it (NACK repairs
+//! included). The first failing step of a configuration is repeated once,
+//! because one lost packet on a shared machine can be a neighbour's burst;
+//! the repeat is announced with what failed, and a pass on it is counted
+//! and marked as a pass on retry in the summary. The next failure ends that
+//! configuration, as do `--max-rate` and its share of `--timeout`.
 //!
 //! Per step the driver reads the relay's utime+stime from /proc/<pid>/stat
 //! (CPU µs per copy), its VmRSS from /proc/<pid>/status, the latency of every
@@ -101,6 +106,12 @@ const TARGET_COPIES: f64 = 50_000.0;
 const TARGET_P50_US: f64 = 200.0;
 const TARGET_P99_US: f64 = 2_000.0;
 const TARGET_RSS_MIB: f64 = 64.0;
+/// Default `--timeout` per configuration: setup, the latency phase, 11
+/// listed steps and 9 more at x1.25 up to 1,000,000 copies/s come to about
+/// 65 s at the default step and drain.
+const PER_CONFIG_SECS: u64 = 90;
+/// Left at the end of `--timeout` for the last teardown and the summary.
+const END_RESERVE: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Clone)]
 #[command(
@@ -118,6 +129,14 @@ struct Args {
         default_value = "5000,10000,20000,30000,40000,50000,60000,70000,80000,100000,120000"
     )]
     rates: Vec<u64>,
+    /// After the listed rates, each step is this many times the last
+    /// (rounded to two significant digits) until a step loses packets; 1
+    /// stops at the listed rates.
+    #[arg(long, default_value_t = 1.25)]
+    grow: f64,
+    /// The rising steps past `--rates` stop here, lossless or not.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_rate: u64,
     /// Length of each rate step.
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     step: Duration,
@@ -144,8 +163,10 @@ struct Args {
     /// The relay binary (default: target/release/peer-tree-relay beside this example).
     #[arg(long)]
     relay_bin: Option<PathBuf>,
-    /// The whole run stops after this long and prints the figures so far
-    /// (default: 280 s per `--repeat`).
+    /// The whole run stops after this long and prints the figures so far;
+    /// each configuration (k, relay, run) gets an equal share of what is
+    /// left and stops rising when it is spent (default: 90 s per
+    /// configuration).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
 
@@ -165,6 +186,16 @@ enum Which {
     Both,
     Ours,
     Baseline,
+}
+
+impl Which {
+    fn kinds(self) -> Vec<Impl> {
+        match self {
+            Which::Both => vec![Impl::Ours, Impl::Baseline],
+            Which::Ours => vec![Impl::Ours],
+            Which::Baseline => vec![Impl::Baseline],
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -222,11 +253,14 @@ fn main() -> ExitCode {
         }
     };
     let mut results: Vec<ConfigResult> = Vec::new();
-    let limit = args
-        .timeout
-        .unwrap_or(Duration::from_secs(280) * args.repeat.max(1) as u32);
+    let configs = args.ks.len() * args.relays.kinds().len() * args.repeat.max(1);
+    let limit = args.timeout.unwrap_or(Duration::from_secs(
+        PER_CONFIG_SECS.saturating_mul(configs.max(1) as u64),
+    ));
+    let started = Instant::now();
+    let deadline = started + limit;
     let outcome = rt.block_on(async {
-        tokio::time::timeout(limit, drive(&args, pin, cpus, &mut results)).await
+        tokio::time::timeout(limit, drive(&args, pin, cpus, deadline, &mut results)).await
     });
     let code = match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -240,6 +274,10 @@ fn main() -> ExitCode {
         }
     };
     print_summary(&args, &results);
+    println!(
+        "\nforward_load took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     // Relay processes are killed on drop; give the runtime a moment to reap them.
     rt.shutdown_timeout(Duration::from_secs(2));
     code
@@ -832,6 +870,7 @@ struct StepResult {
     publisher_drops: u64,
     relay_lat: Lat,
     direct_lat: Option<Lat>,
+    /// This step repeats the one before it, which failed at the same rate.
     retry: bool,
 }
 
@@ -885,34 +924,96 @@ impl StepResult {
         )
     }
 
+    /// What a failed step lost and where, in one line.
+    fn failure(&self) -> String {
+        let mut what = format!(
+            "lost {} of {} copies, {} of {} sinks short; {}",
+            self.relay_lost,
+            self.sent * u64::from(self.k),
+            self.sinks_short,
+            self.k,
+            self.relay_trouble()
+        );
+        if let Some(d) = self.driver_trouble() {
+            what.push_str("; driver: ");
+            what.push_str(&d);
+        }
+        what
+    }
+
     fn hop(&self) -> Option<(f64, f64)> {
         let d = self.direct_lat?;
         Some((self.relay_lat.p50 - d.p50, self.relay_lat.p99 - d.p99))
     }
 }
 
+/// Why a configuration's rising steps stopped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    /// Packets were lost with the relay dropping them (or no one else): the
+    /// relay's limit lies between the last passing step and this one.
+    Loss,
+    /// Only the driver dropped packets or fell behind the rate: it measured
+    /// itself, and the relay's limit is higher.
+    Driver,
+    /// No loss up to `--max-rate` (or the last of `--rates` with `--grow 1`).
+    Ceiling,
+    /// No loss when the configuration's share of `--timeout` ran out.
+    Time,
+}
+
+impl Stop {
+    /// The highest passing step is a lower bound, not the limit.
+    fn lower_bound(self) -> bool {
+        self != Stop::Loss
+    }
+}
+
+/// A step that failed and was run again at the same rate.
+#[derive(Clone, Debug)]
+struct Retry {
+    rate: u64,
+    /// What the first try lost and where.
+    first: String,
+    passed: bool,
+}
+
 #[derive(Debug)]
 struct ConfigResult {
     k: u32,
     imp: Impl,
+    /// Which `--repeat` run this was, from 1.
+    run: usize,
     /// The latency phase: relay sinks and the direct sink at `--latency-rate`.
     latency: Option<StepResult>,
     steps: Vec<StepResult>,
     /// Why the rising steps ended, and the same in a few words.
     end: String,
     end_short: String,
-    driver_limited: bool,
+    stop: Stop,
+    retries: Vec<Retry>,
     rss_connected_kib: u64,
     warnings: u64,
 }
 
 impl ConfigResult {
-    /// The highest passing step (a failed step's successful repeat counts).
+    /// The highest passing step; a failed step's passing repeat counts, and
+    /// `best_on_retry` says so.
     fn best(&self) -> Option<&StepResult> {
         self.steps
             .iter()
             .filter(|s| s.passed())
             .max_by_key(|s| s.rate)
+    }
+
+    fn best_on_retry(&self) -> bool {
+        self.best().is_some_and(|s| s.retry)
+    }
+
+    /// The first step where a relay sink missed a packet (a retried step's
+    /// first try included), whoever dropped it.
+    fn first_loss(&self) -> Option<u64> {
+        self.steps.iter().find(|s| s.relay_lost > 0).map(|s| s.rate)
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -935,7 +1036,13 @@ struct Env {
     clk_tck: f64,
 }
 
-async fn drive(args: &Args, pin: Pin, cpus: usize, results: &mut Vec<ConfigResult>) -> Result<()> {
+async fn drive(
+    args: &Args,
+    pin: Pin,
+    cpus: usize,
+    deadline: Instant,
+    results: &mut Vec<ConfigResult>,
+) -> Result<()> {
     let self_exe = std::env::current_exe().context("locating this example")?;
     let relay_bin = match &args.relay_bin {
         Some(p) => p.clone(),
@@ -951,8 +1058,15 @@ async fn drive(args: &Args, pin: Pin, cpus: usize, results: &mut Vec<ConfigResul
             relay_bin.display()
         );
     }
-    if args.ks.is_empty() || args.rates.is_empty() || args.ks.contains(&0) {
-        bail!("--ks (each at least 1) and --rates need at least one value each");
+    if args.ks.is_empty()
+        || args.rates.is_empty()
+        || args.ks.contains(&0)
+        || args.rates.contains(&0)
+    {
+        bail!("--ks and --rates need at least one value each, and each at least 1");
+    }
+    if !(args.grow.is_finite() && (1.0..=10.0).contains(&args.grow)) {
+        bail!("--grow must be between 1 (no steps past --rates) and 10");
     }
     let max_k = args.ks.iter().copied().max().unwrap_or(1);
     let server: ServerHandle = server::spawn(
@@ -997,21 +1111,33 @@ async fn drive(args: &Args, pin: Pin, cpus: usize, results: &mut Vec<ConfigResul
                 .join(" ")
         );
     }
-    let kinds: Vec<Impl> = match args.relays {
-        Which::Both => vec![Impl::Ours, Impl::Baseline],
-        Which::Ours => vec![Impl::Ours],
-        Which::Baseline => vec![Impl::Baseline],
-    };
+    let kinds = args.relays.kinds();
+    let configs = args.ks.len() * kinds.len() * args.repeat.max(1);
+    let t0 = Instant::now();
+    let mut done = 0;
     for rep in 0..args.repeat.max(1) {
         for &k in &args.ks {
             for &imp in &kinds {
+                // An equal share of what is left, so a configuration that
+                // never loses cannot starve the ones after it; what one
+                // leaves unused passes on.
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .saturating_sub(END_RESERVE);
+                let until = Instant::now() + left / (configs - done).max(1) as u32;
+                done += 1;
                 println!(
-                    "\n== k={k}, {} relay (run {}/{}) ==",
+                    "\n== k={k}, {} relay (run {}/{}; configuration {done}/{configs}, \
+                     {:.0} s into the run, {:.0} s for this one) ==",
                     imp.name(),
                     rep + 1,
-                    args.repeat.max(1)
+                    args.repeat.max(1),
+                    t0.elapsed().as_secs_f64(),
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64(),
                 );
-                match run_config(args, &env, k, imp).await {
+                match run_config(args, &env, k, imp, rep + 1, until).await {
                     Ok(r) => {
                         println!("   ended: {}", r.end);
                         results.push(r);
@@ -1053,11 +1179,20 @@ impl Rig {
     }
 }
 
-async fn run_config(args: &Args, env: &Env, k: u32, imp: Impl) -> Result<ConfigResult> {
+async fn run_config(
+    args: &Args,
+    env: &Env,
+    k: u32,
+    imp: Impl,
+    run: usize,
+    until: Instant,
+) -> Result<ConfigResult> {
     let mut rig = Rig::default();
     let result = async {
         let gen = setup(env, k, imp, &mut rig).await?;
-        measure(args, env, k, imp, gen, &mut rig).await
+        let mut out = measure(args, env, k, imp, gen, &mut rig, until).await?;
+        out.run = run;
+        Ok(out)
     }
     .await;
     if let (Err(_), Some(relay)) = (&result, rig.relay.as_ref()) {
@@ -1214,6 +1349,24 @@ async fn setup(env: &Env, k: u32, imp: Impl, rig: &mut Rig) -> Result<Generator>
     Ok(g)
 }
 
+/// The rate of step `i` (from 0) of the rising steps, after one at `prev`:
+/// the listed rates, then `--grow` times the last up to `--max-rate`.
+fn rate_at(args: &Args, i: usize, prev: u64) -> Option<u64> {
+    if let Some(&r) = args.rates.get(i) {
+        return Some(r);
+    }
+    if args.grow <= 1.0 {
+        return None;
+    }
+    // Two significant digits keep the rates readable in the tables.
+    let raw = prev as f64 * args.grow;
+    let unit = 10f64.powi(raw.log10().floor() as i32 - 1).max(1.0);
+    let rate = ((raw / unit).round() * unit) as u64;
+    let rate = if rate > prev { rate } else { raw.ceil() as u64 };
+    (rate > prev && rate <= args.max_rate).then_some(rate)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     args: &Args,
     env: &Env,
@@ -1221,16 +1374,19 @@ async fn measure(
     imp: Impl,
     mut gen: Generator,
     rig: &mut Rig,
+    until: Instant,
 ) -> Result<ConfigResult> {
     let relay_pid = rig.relay.as_ref().map(|r| r.pid).unwrap_or_default();
     let mut out = ConfigResult {
         k,
         imp,
+        run: 1,
         latency: None,
         steps: Vec::new(),
-        end: "every step passed".into(),
-        end_short: "all passed".into(),
-        driver_limited: false,
+        end: String::new(),
+        end_short: String::new(),
+        stop: Stop::Ceiling,
+        retries: Vec::new(),
         rss_connected_kib: proc_rss_kib(relay_pid).unwrap_or(0),
         warnings: 0,
     };
@@ -1273,21 +1429,85 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // What the first try of the step being repeated lost; one repeat per
+    // configuration.
+    let mut repeating: Option<String> = None;
     let mut retried = false;
-    let mut repeating = false;
     let mut i = 0;
-    while i < args.rates.len() {
-        let rate = args.rates[i];
+    let mut rate = args.rates[0];
+    loop {
+        if Instant::now() + args.step + args.drain > until {
+            if let Some(first) = repeating.take() {
+                // Unconfirmed, but a loss: reporting the rate below it as a
+                // lower bound would claim more than was seen.
+                out.stop = Stop::Loss;
+                out.end_short = format!("loss at {rate}, not repeated (time share)");
+                out.end = format!(
+                    "loss at {rate} copies/s ({first}); this configuration's share of --timeout \
+                     ran out before the repeat"
+                );
+                break;
+            }
+            out.stop = Stop::Time;
+            out.end_short = format!("time share spent before {rate}");
+            out.end = format!(
+                "no loss up to the last step; this configuration's share of --timeout ran out \
+                 before {rate} copies/s, so the relay's limit is higher"
+            );
+            break;
+        }
+        if i == args.rates.len() && repeating.is_none() {
+            println!(
+                "   every listed rate passed: raising by x{} per step until a step loses \
+                 packets (at most {} copies/s, {:.0} s left for this configuration)",
+                args.grow,
+                args.max_rate,
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+            );
+        }
         let (g, mut step) =
             run_step(env, k, rig, gen, step_id, rate, args.step, args.drain).await?;
         gen = g;
         step_id += 1;
-        step.retry = repeating;
+        step.retry = repeating.is_some();
         print_step("", &step);
         out.steps.push(step.clone());
+        if let Some(first) = repeating.take() {
+            println!(
+                "   retry at {rate} copies/s {}",
+                if step.passed() {
+                    "passed: the step counts as passed on retry (marked r in the summary)"
+                } else {
+                    "lost packets again"
+                }
+            );
+            out.retries.push(Retry {
+                rate,
+                first,
+                passed: step.passed(),
+            });
+        }
         if step.passed() {
-            repeating = false;
             i += 1;
+            match rate_at(args, i, rate) {
+                Some(r) => rate = r,
+                None => {
+                    out.stop = Stop::Ceiling;
+                    out.end_short = format!("no loss up to {rate}");
+                    out.end = if args.grow <= 1.0 {
+                        "every listed step passed".into()
+                    } else {
+                        format!(
+                            "no loss up to {rate} copies/s; the next step would pass --max-rate \
+                             {}",
+                            args.max_rate
+                        )
+                    };
+                    break;
+                }
+            }
             continue;
         }
         // Loss with drops in the driver and none in the relay measured the
@@ -1296,7 +1516,7 @@ async fn measure(
             step.relay_udp_drops + step.relay_track_drops + step.relay_leg_drops > 0;
         let driver_trouble = step.driver_trouble().filter(|_| !relay_dropped);
         if let Some(why) = driver_trouble {
-            out.driver_limited = true;
+            out.stop = Stop::Driver;
             out.end_short = format!("driver-limited at {rate}");
             out.end = format!(
                 "stopped at {rate} copies/s, driver-limited ({why}); the relay's own limit is \
@@ -1307,26 +1527,19 @@ async fn measure(
         }
         if !retried {
             retried = true;
-            repeating = true;
+            let first = step.failure();
             println!(
-                "   loss at {rate} copies/s ({}); repeating the step once",
-                step.relay_trouble()
+                "   RETRY: the step at {rate} copies/s failed ({first}); running it once more"
             );
+            repeating = Some(first);
             continue;
         }
+        out.stop = Stop::Loss;
         out.end_short = format!(
             "loss at {rate} (relay drops {}/{}/{})",
             step.relay_udp_drops, step.relay_track_drops, step.relay_leg_drops
         );
-        out.end = format!(
-            "loss at {rate} copies/s: {} of {} copies lost, {} of {k} sinks short; {}{}",
-            step.relay_lost,
-            step.sent * u64::from(k),
-            step.sinks_short,
-            step.relay_trouble(),
-            step.driver_trouble()
-                .map_or(String::new(), |d| format!("; driver: {d}"))
-        );
+        out.end = format!("loss at {rate} copies/s: {}", step.failure());
         break;
     }
     out.warnings = rig
@@ -1476,7 +1689,11 @@ fn print_step(label: &str, s: &StepResult) {
         s.driver_udp_drops,
         s.driver_track_drops,
         s.publisher_drops,
-        if s.retry { "  (repeat)" } else { "" }
+        match (s.retry, s.passed()) {
+            (false, _) => "",
+            (true, true) => "  (repeat of a failed step: passed on retry)",
+            (true, false) => "  (repeat of a failed step: lost again)",
+        }
     );
 }
 
@@ -1499,7 +1716,10 @@ fn print_summary(args: &Args, results: &[ConfigResult]) {
     println!(
         "\n== Throughput{} (packet-copies/s = packets into the relay x k; CPU = the relay \
          process's utime+stime; oth% = median CPU used by other processes during the steps, \
-         in % of one CPU; \">=\" = the driver ran out first) ==",
+         in % of one CPU; \">=\" = stopped before the relay lost packets: the driver ran out, \
+         --max-rate or the time share; \"r\" = that step passed only on its repeat; first \
+         loss = the first step where a sink missed a packet, a retried step's first try \
+         included; retried = steps repeated after a loss, and how many of them passed then) ==",
         if reps > 1 {
             format!(", medians of {reps} runs")
         } else {
@@ -1507,10 +1727,12 @@ fn print_summary(args: &Args, results: &[ConfigResult]) {
         }
     );
     println!(
-        "{:>2} {:<8} {:>12} {:>8} {:>7} {:>12} {:>16} {:>8} {:>9} {:>5}  next step (relay drops udp/track/fan-out)",
+        "{:>2} {:<8} {:>12} {:>10} {:>11} {:>8} {:>7} {:>12} {:>16} {:>8} {:>9} {:>5}  stopped (relay drops udp/track/fan-out)",
         "k",
         "relay",
         "max no-loss",
+        "first loss",
+        "retried",
         "µs/copy",
         "relay%",
         "copies/core",
@@ -1562,7 +1784,25 @@ fn print_summary(args: &Args, results: &[ConfigResult]) {
                     .collect(),
             );
             let usc = at_best(&|s| s.us_per_copy);
-            let limited = rs.iter().any(|r| r.driver_limited);
+            let limited = rs.iter().any(|r| r.stop.lower_bound());
+            let on_retry = rs
+                .iter()
+                .any(|r| r.best_on_retry() && r.best().map(|s| s.rate as f64) == max_rate);
+            let losses: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| r.first_loss().map(|l| l as f64))
+                .collect();
+            let first_loss = match (losses.len(), median_low(losses)) {
+                (_, None) => "none".to_owned(),
+                (n, Some(l)) if n == rs.len() => format!("{l:.0}"),
+                (n, Some(l)) => format!("{l:.0}({n}/{})", rs.len()),
+            };
+            let retried: usize = rs.iter().map(|r| r.retries.len()).sum();
+            let passed_on_retry = rs
+                .iter()
+                .flat_map(|r| &r.retries)
+                .filter(|t| t.passed)
+                .count();
             let at_common = median(
                 rs.iter()
                     .filter_map(|r| {
@@ -1574,14 +1814,25 @@ fn print_summary(args: &Args, results: &[ConfigResult]) {
                     .collect(),
             );
             println!(
-                "{:>2} {:<8} {:>12} {:>8} {:>7} {:>12} {:>16} {:>8} {:>9} {:>5}  {}",
+                "{:>2} {:<8} {:>12} {:>10} {:>11} {:>8} {:>7} {:>12} {:>16} {:>8} {:>9} {:>5}  {}",
                 k,
                 if rs.len() < reps {
                     format!("{}({}/{reps})", imp.name(), rs.len())
                 } else {
                     imp.name().to_owned()
                 },
-                format!("{}{}", if limited { ">=" } else { "" }, fmt(max_rate, 0)),
+                format!(
+                    "{}{}{}",
+                    if limited { ">=" } else { "" },
+                    fmt(max_rate, 0),
+                    if on_retry { "r" } else { "" }
+                ),
+                first_loss,
+                if retried == 0 {
+                    "none".to_owned()
+                } else {
+                    format!("{retried}, {passed_on_retry} passed")
+                },
                 fmt(usc, 2),
                 fmt(at_best(&|s| s.relay_cpu_pct), 0),
                 fmt(usc.map(|u| 1e6 / u), 0),
@@ -1644,6 +1895,7 @@ fn print_summary(args: &Args, results: &[ConfigResult]) {
             ));
         }
     }
+    print_retries(results);
     println!(
         "\n== Latency, µs: at {} copies/s with the direct sink in the same tree (relay path = \
          publisher -> relay -> sink, direct = publisher -> sink, hop = relay - direct per \
@@ -1688,7 +1940,7 @@ fn print_summary(args: &Args, results: &[ConfigResult]) {
                     .collect(),
             )
             .unwrap_or(0.0);
-            (k, best, rs.iter().any(|r| r.driver_limited))
+            (k, best, rs.iter().any(|r| r.stop.lower_bound()))
         })
         .collect();
     let top = per_k_best.iter().map(|b| b.1).fold(0.0, f64::max);
@@ -1728,6 +1980,39 @@ fn print_summary(args: &Args, results: &[ConfigResult]) {
         println!(
             "  RSS with k=8 < {TARGET_RSS_MIB:.0} MiB: peak {rss:.1} MiB -> {}",
             verdict(rss < TARGET_RSS_MIB)
+        );
+    }
+}
+
+/// Every repeated step, so a figure that rests on a second try is never
+/// mistaken for a first-try pass.
+fn print_retries(results: &[ConfigResult]) {
+    let steps: usize = results.iter().map(|r| r.steps.len()).sum();
+    let retries: Vec<(&ConfigResult, &Retry)> = results
+        .iter()
+        .flat_map(|r| r.retries.iter().map(move |t| (r, t)))
+        .collect();
+    let passed = retries.iter().filter(|(_, t)| t.passed).count();
+    if retries.is_empty() {
+        println!("\nRetried steps: none of the {steps} rising steps was repeated");
+        return;
+    }
+    println!(
+        "\nRetried steps: {} of {steps} rising steps were repeats of a step that lost packets; \
+         {passed} passed on the repeat (counted as passes above, \"r\" where that is the \
+         max no-loss figure), {} lost again and ended their configuration",
+        retries.len(),
+        retries.len() - passed
+    );
+    for (r, t) in retries {
+        println!(
+            "  k={} {} run {}: {} copies/s, first try {}; repeat {}",
+            r.k,
+            r.imp.name(),
+            r.run,
+            t.rate,
+            t.first,
+            if t.passed { "passed" } else { "lost again" }
         );
     }
 }
