@@ -1,15 +1,20 @@
-//! `peer-tree-relay source --file video.ivf`: create a tree and stream a
-//! file into it, with an embedded signalling server unless --signal names one.
+//! `peer-tree-relay source --file video.ivf` (or `--rtp ADDR --codec C`):
+//! create a tree and stream a file, or what a live sender sends over RTP,
+//! into it, with an embedded signalling server unless --signal names one.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use relay::forward::TrackHub;
 use relay::forward::{ChannelSpec, DataMsg, Hub, TrackSpec};
+use relay::ingest::{self, IngestStats};
+use relay::media::{Codec, ALL_CODECS};
 use relay::node::{Node, NodeOptions, Seat};
 use relay::peer::LinkConfig;
 use relay::publish::{self, Progress};
@@ -23,15 +28,25 @@ use crate::shutdown_signal;
 #[derive(Args)]
 pub struct SourceArgs {
     /// IVF file with VP8, VP9 or AV1 video.
-    #[arg(long, value_name = "VIDEO.ivf")]
-    file: PathBuf,
+    #[arg(long, value_name = "VIDEO.ivf", required_unless_present = "rtp")]
+    file: Option<PathBuf>,
     /// Ogg file with Opus audio, played alongside.
-    #[arg(long, value_name = "AUDIO.ogg")]
+    #[arg(long, value_name = "AUDIO.ogg", requires = "file")]
     audio: Option<PathBuf>,
     /// Start again at the end, seamlessly (sequence numbers and timestamps
     /// continue).
-    #[arg(long = "loop")]
+    #[arg(long = "loop", requires = "file")]
     looping: bool,
+    /// Instead of a file: take a track from plain RTP arriving on this UDP
+    /// address, as sent by `ffmpeg -re -i in.ivf -c copy -f rtp
+    /// rtp://127.0.0.1:5004` or GStreamer's udpsink. Repeatable, one per
+    /// track (one video, one audio), each with its --codec in the same
+    /// order. Packets are forwarded as they come.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "file")]
+    rtp: Vec<SocketAddr>,
+    /// The codec of each --rtp input: vp8, vp9, av1 or opus.
+    #[arg(long, value_name = "CODEC", value_parser = parse_codec, requires = "rtp")]
+    codec: Vec<Codec>,
     /// An existing signalling server (ws:// or wss://). Without it the
     /// source runs its own on 127.0.0.1:8080 (or the next free port).
     #[arg(long, value_name = "ws://HOST:PORT/ws")]
@@ -55,20 +70,81 @@ pub struct SourceArgs {
 const EMBEDDED_PORT: u16 = 8080;
 const EMBEDDED_PORT_TRIES: u16 = 20;
 
+fn parse_codec(name: &str) -> Result<Codec, String> {
+    ALL_CODECS
+        .into_iter()
+        .find(|c| {
+            c.mime()
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .ok_or_else(|| format!("unknown codec {name}: vp8, vp9, av1 or opus"))
+}
+
+/// Runs while the input feeds the tree; ends at the end of a file or when
+/// an input fails.
+type Feeding = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// What feeds the tree.
+enum Input {
+    File {
+        video: VideoFile,
+        audio: Option<AudioFile>,
+        looping: bool,
+    },
+    /// Bound sockets, each with its track's codec.
+    Rtp(Vec<(tokio::net::UdpSocket, Codec)>),
+}
+
+impl Input {
+    /// Opens the files or binds the sockets: the most likely mistakes fail
+    /// here, before anything starts listening for members.
+    async fn open(args: &SourceArgs) -> Result<Input> {
+        if let Some(file) = &args.file {
+            let video = VideoFile::open(file)?;
+            let audio = args.audio.as_deref().map(AudioFile::open).transpose()?;
+            info!(
+                "{}: {} {}x{}, {} frames, keyframe at least every {:?}",
+                file.display(),
+                video.codec().mime(),
+                video.width(),
+                video.height(),
+                video.frames().len(),
+                video.keyframe_interval().unwrap_or_default()
+            );
+            return Ok(Input::File {
+                video,
+                audio,
+                looping: args.looping,
+            });
+        }
+        if args.codec.len() != args.rtp.len() {
+            anyhow::bail!(
+                "{} --rtp inputs but {} --codec: give each --rtp its --codec, in the same order",
+                args.rtp.len(),
+                args.codec.len()
+            );
+        }
+        let videos = args.codec.iter().filter(|c| c.is_video()).count();
+        if videos > 1 || args.codec.len() - videos > 1 {
+            anyhow::bail!("at most one video and one audio --rtp input");
+        }
+        let mut inputs = Vec::new();
+        for (&addr, &codec) in args.rtp.iter().zip(&args.codec) {
+            let socket = tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for RTP on {addr}"))?;
+            let addr = socket.local_addr()?;
+            println!("rtp in: udp://{addr} ({})", codec.mime());
+            inputs.push((socket, codec));
+        }
+        Ok(Input::Rtp(inputs))
+    }
+}
+
 pub async fn run(args: SourceArgs) -> Result<()> {
-    // Files first: a bad file is the most likely mistake and must fail
-    // before anything starts listening.
-    let video = VideoFile::open(&args.file)?;
-    let audio = args.audio.as_deref().map(AudioFile::open).transpose()?;
-    info!(
-        "{}: {} {}x{}, {} frames, keyframe at least every {:?}",
-        args.file.display(),
-        video.codec().mime(),
-        video.width(),
-        video.height(),
-        video.frames().len(),
-        video.keyframe_interval().unwrap_or_default()
-    );
+    let input = Input::open(&args).await?;
 
     let mut _embedded: Option<ServerHandle> = None;
     let signal_url = match &args.signal {
@@ -110,18 +186,13 @@ pub async fn run(args: SourceArgs) -> Result<()> {
     // The id comes from the server: cut by characters, not bytes.
     let short: String = created.tree.chars().take(8).collect();
     let stream_id = format!("peer-tree-{short}");
-    let video_track = hub.track(TrackSpec {
-        codec: video.codec(),
-        stream_id: stream_id.clone(),
-        track_id: "video".into(),
-    });
-    let audio_track = audio.as_ref().map(|a| {
+    let track = |codec: Codec| {
         hub.track(TrackSpec {
-            codec: a.codec(),
+            codec,
             stream_id: stream_id.clone(),
-            track_id: "audio".into(),
+            track_id: if codec.is_video() { "video" } else { "audio" }.into(),
         })
-    });
+    };
     let data = hub.channel(ChannelSpec {
         label: "data".into(),
         protocol: String::new(),
@@ -142,17 +213,55 @@ pub async fn run(args: SourceArgs) -> Result<()> {
         });
     }
 
-    let progress = Arc::new(Progress::default());
-    let player = tokio::spawn(publish::play(
-        video,
-        audio,
-        args.looping,
-        video_track.clone(),
-        audio_track,
-        progress.clone(),
-    ));
+    let (feeding, fed) = match input {
+        Input::File {
+            video,
+            audio,
+            looping,
+        } => {
+            let progress = Arc::new(Progress::default());
+            let video_track = track(video.codec());
+            let audio_track = audio.as_ref().map(|a| track(a.codec()));
+            let player = tokio::spawn(publish::play(
+                video,
+                audio,
+                looping,
+                video_track,
+                audio_track,
+                progress.clone(),
+            ));
+            let feeding = async move {
+                player.await.context("the file player stopped")??;
+                info!("end of file");
+                anyhow::Ok(())
+            };
+            (Box::pin(feeding) as Feeding, Fed::File(progress))
+        }
+        Input::Rtp(inputs) => {
+            let mut receivers = tokio::task::JoinSet::new();
+            let mut stats = Vec::new();
+            for (socket, codec) in inputs {
+                let s = Arc::new(IngestStats::default());
+                let addr = socket.local_addr()?;
+                stats.push((addr, s.clone()));
+                let t: Arc<TrackHub> = track(codec);
+                receivers.spawn(async move {
+                    ingest::receive(socket, t, s)
+                        .await
+                        .with_context(|| format!("RTP in on {addr}"))
+                });
+            }
+            let feeding = async move {
+                match receivers.join_next().await {
+                    Some(r) => r.context("an RTP input stopped")?,
+                    None => Ok(()),
+                }
+            };
+            (Box::pin(feeding) as Feeding, Fed::Rtp(stats))
+        }
+    };
     let reporter = tokio::spawn(report_progress(
-        progress,
+        fed,
         hub.clone(),
         http_base,
         created.tree.clone(),
@@ -174,9 +283,8 @@ pub async fn run(args: SourceArgs) -> Result<()> {
         .rejoin_with(args.tls.rejoin(&signal_url, seat));
     let exit = tokio::select! {
         r = node.run(shutdown_signal()) => r?,
-        played = player => {
-            played.context("the file player stopped")??;
-            info!("end of file");
+        fed = feeding => {
+            fed?;
             relay::node::Exit::Shutdown
         }
     };
@@ -230,16 +338,58 @@ fn read_lines(src: &str) -> Result<Box<dyn Iterator<Item = String> + Send>> {
     Ok(Box::new(reader.lines().map_while(Result::ok)))
 }
 
+/// What the progress line reports on.
+enum Fed {
+    File(Arc<Progress>),
+    Rtp(Vec<(SocketAddr, Arc<IngestStats>)>),
+}
+
+impl Fed {
+    /// Payload bytes taken in so far.
+    fn bytes(&self) -> u64 {
+        match self {
+            Fed::File(p) => p.bytes(),
+            Fed::Rtp(inputs) => inputs
+                .iter()
+                .map(|(_, s)| s.bytes.load(Ordering::Relaxed))
+                .sum(),
+        }
+    }
+
+    fn position(&self) -> String {
+        match self {
+            Fed::File(p) => format!(
+                "at {:>7.1}s (loop {})",
+                p.position().as_secs_f64(),
+                p.loops()
+            ),
+            Fed::Rtp(inputs) => {
+                let packets: u64 = inputs
+                    .iter()
+                    .map(|(_, s)| s.packets.load(Ordering::Relaxed))
+                    .sum();
+                let bad: u64 = inputs
+                    .iter()
+                    .map(|(_, s)| {
+                        s.malformed.load(Ordering::Relaxed) + s.foreign.load(Ordering::Relaxed)
+                    })
+                    .sum();
+                format!("{packets} RTP packets in ({bad} dropped)")
+            }
+        }
+    }
+}
+
 /// Once a second: position, bitrate, children and tree size; a live line on
 /// a terminal, log lines otherwise.
-async fn report_progress(progress: Arc<Progress>, hub: Arc<Hub>, http_base: String, tree: String) {
+async fn report_progress(fed: Fed, hub: Arc<Hub>, http_base: String, tree: String) {
     let live = std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_bytes = 0u64;
     let mut last_at = Instant::now();
     loop {
         tick.tick().await;
-        let bytes = progress.bytes();
+        let bytes = fed.bytes();
         let now = Instant::now();
         let kbps = (bytes.saturating_sub(last_bytes)) as f64 * 8.0
             / now.duration_since(last_at).as_secs_f64()
@@ -250,9 +400,8 @@ async fn report_progress(progress: Arc<Progress>, hub: Arc<Hub>, http_base: Stri
         let peers = tree_size(&http_base, &tree).await;
         let peers = peers.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
         let line = format!(
-            "at {:>7.1}s (loop {}), {:>6.0} kbit/s, {children} children, {peers} peers in tree",
-            progress.position().as_secs_f64(),
-            progress.loops(),
+            "{}, {:>6.0} kbit/s, {children} children, {peers} peers in tree",
+            fed.position(),
             kbps
         );
         if live {

@@ -197,17 +197,23 @@ impl TrackHub {
     /// The parent's track that feeds this one now (None: the parent is gone).
     pub fn set_upstream(&self, track: Option<(Arc<dyn TrackRemote>, u32)>) {
         if track.is_some() {
-            self.outgoing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .0
-                .restart();
-            self.gop
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .forget();
+            self.new_stream();
         }
         *self.upstream.lock().unwrap_or_else(PoisonError::into_inner) = track;
+    }
+
+    /// Packets come from a new stream from now on (a new parent, a new
+    /// sender): spliced onto the old one (splice.rs).
+    pub fn new_stream(&self) {
+        self.outgoing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .restart();
+        self.gop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget();
     }
 
     /// The packets since the current keyframe began, for a child starting

@@ -12,6 +12,7 @@ pub mod downstream;
 pub mod feedback;
 pub mod forward;
 pub mod gop;
+pub mod ingest;
 pub mod media;
 pub mod nack;
 pub mod node;

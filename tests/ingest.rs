@@ -1,0 +1,235 @@
+//! A live sender feeds a tree over plain RTP: ffmpeg sends the sample
+//! (`-c copy -f rtp`) to `source --rtp`, and a relay below records it.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use relay::source::VideoFile;
+
+/// ffmpeg, or None (with the reason printed) where it is missing and the
+/// run does not require it; `.ci/run` installs it and requires it.
+fn ffmpeg_or_skip(test: &str) -> Option<()> {
+    let found = Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(());
+    }
+    assert!(
+        std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
+        "{test}: ffmpeg is required (PEER_TREE_REQUIRE_BROWSER is set) but not found"
+    );
+    eprintln!("{test}: skipped: ffmpeg not found (apt-get install ffmpeg)");
+    None
+}
+
+/// A source taking VP8 over RTP on a free port: the process, the port and
+/// the tree id.
+fn rtp_source(s: &Scratch, url: &str) -> (Proc, SocketAddr, String) {
+    let src = Proc::spawn(
+        s,
+        "source",
+        &[
+            "source",
+            "--rtp",
+            "127.0.0.1:0",
+            "--codec",
+            "vp8",
+            "--signal",
+            url,
+        ],
+        false,
+    );
+    let line = src.line("rtp in: ", Duration::from_secs(20));
+    let addr: SocketAddr = line
+        .trim_start_matches("rtp in: udp://")
+        .split(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let tree = tree_id(&src);
+    (src, addr, tree)
+}
+
+/// ffmpeg sending the sample once, in real time, to `to`.
+fn ffmpeg_sends(s: &Scratch, to: SocketAddr) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-loglevel", "error", "-re", "-i"])
+        .arg(sample("testsrc-640x360-vp8.ivf"))
+        .args(["-c", "copy", "-f", "rtp", "-sdp_file"])
+        .arg(s.path("ffmpeg.sdp"))
+        .arg(format!("rtp://{to}"));
+    Proc::spawn_command(s, "ffmpeg", cmd, false)
+}
+
+/// A relay below the source recording to `leaf.ivf`, ready before the
+/// sender starts, so it gets the stream from its first frame.
+fn recorder(s: &Scratch, url: &str, tree: &str) -> (Proc, std::path::PathBuf) {
+    let rec = s.path("leaf.ivf");
+    let p = relay(
+        s,
+        "leaf",
+        url,
+        tree,
+        &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
+        "connected to parent",
+    );
+    (p, rec)
+}
+
+#[test]
+fn ffmpeg_feeds_a_tree_frame_for_frame_with_its_timestamps() {
+    if ffmpeg_or_skip("ffmpeg_feeds_a_tree").is_none() {
+        return;
+    }
+    let s = Scratch::new("ingest-ffmpeg");
+    let (_sig, url) = signal_server(&s, &[]);
+    let (src, port, tree) = rtp_source(&s, &url);
+    let (_leaf, rec) = recorder(&s, &url, &tree);
+    let mut ff = ffmpeg_sends(&s, port);
+    let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
+    let n = file.frames().len();
+    let recorded = until("every frame recorded", Duration::from_secs(30), || {
+        let f = ivf_frames_timed(&rec);
+        (f.len() >= n).then_some(f)
+    });
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    // Byte for byte, in order, from the first frame on.
+    let frames: Vec<Vec<u8>> = recorded.iter().map(|(_, f)| f.clone()).collect();
+    let start = assert_run_of_file(&frames[..n], file.frames(), "RTP in");
+    assert_eq!(start, 0, "from the file's first frame");
+    // The sender's timestamps, kept: the recorder writes them in 90 kHz.
+    for (i, pair) in recorded[..n].windows(2).enumerate() {
+        let want = (file.frames()[i + 1].pts - file.frames()[i].pts).as_secs_f64() * 90_000.0;
+        let got = pair[1].0 - pair[0].0;
+        assert_eq!(
+            got,
+            want.round() as u64,
+            "timestamps of frames {i} and {}",
+            i + 1
+        );
+    }
+    let log = src.log_text();
+    assert!(log.contains("RTP in on 127.0.0.1:"), "{log}");
+    eprintln!("RTP in from ffmpeg: {n} of {n} frames recorded byte for byte, timestamps kept");
+}
+
+/// Between ffmpeg and the source, a proxy that swaps neighbours, drops a
+/// packet now and then and slips in a datagram that is not RTP.
+#[test]
+fn reordered_lost_and_foreign_datagrams_in_the_input_are_survived() {
+    if ffmpeg_or_skip("reordered_lost_and_foreign").is_none() {
+        return;
+    }
+    let s = Scratch::new("ingest-rough");
+    let (_sig, url) = signal_server(&s, &[]);
+    let (src, port, tree) = rtp_source(&s, &url);
+    let (_leaf, rec) = recorder(&s, &url, &tree);
+    let proxy = UdpSocket::bind("127.0.0.1:0").expect("proxy socket");
+    proxy
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let proxy_addr = proxy.local_addr().expect("proxy address");
+    let mut ff = ffmpeg_sends(&s, proxy_addr);
+    let (mut passed, mut swapped, mut dropped) = (0u32, 0u32, 0u32);
+    let mut held: Option<Vec<u8>> = None;
+    let mut buf = [0u8; 2048];
+    // Until ffmpeg has sent it all (then reads time out).
+    while let Ok(n) = proxy.recv(&mut buf) {
+        let packet = buf[..n].to_vec();
+        passed += 1;
+        if passed == 50 {
+            proxy.send_to(b"not rtp at all", port).expect("send");
+        }
+        if passed % 150 == 0 {
+            dropped += 1;
+            continue;
+        }
+        match held.take() {
+            Some(h) => {
+                proxy.send_to(&packet, port).expect("send");
+                proxy.send_to(&h, port).expect("send");
+                swapped += 1;
+            }
+            None if passed % 7 == 0 => held = Some(packet),
+            None => {
+                proxy.send_to(&packet, port).expect("send");
+            }
+        }
+    }
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
+    // The drops fall in the middle of the file (packets 150 and 300 of
+    // about 340), so the recording ends with the file's last frame; a hole
+    // waits a second for its repair before it counts as lost.
+    let last = file.frames().last().expect("frames").data.to_vec();
+    let frames = until(
+        "the file's last frame recorded",
+        Duration::from_secs(10),
+        || {
+            let f = ivf_frames(&rec);
+            (f.last() == Some(&last)).then_some(f)
+        },
+    );
+    let runs = runs_of(&frames, file.frames(), "RTP in through the proxy");
+    eprintln!(
+        "RTP in through a rough proxy: {passed} packets, {swapped} pairs swapped, {dropped} \
+         dropped, one datagram not RTP; recorded {} of {} frames in runs {runs:?}",
+        frames.len(),
+        file.frames().len()
+    );
+    // Swaps cost nothing; each drop costs at most the rest of its group,
+    // after which the recording goes on from a keyframe.
+    assert!(runs.len() as u32 <= dropped + 1, "{runs:?}");
+    assert_eq!(runs[0].from, 0, "{runs:?}");
+    for r in &runs[1..] {
+        assert!(file.frames()[r.from].keyframe, "{runs:?}");
+    }
+    let group = 30;
+    assert!(
+        frames.len() + (dropped as usize) * group >= file.frames().len(),
+        "{} frames recorded with {dropped} drops",
+        frames.len()
+    );
+    let log = src.log_text();
+    assert!(log.contains("is not RTP"), "{log}");
+    assert_eq!(log.matches("is not RTP").count(), 1, "said once");
+}
+
+#[test]
+fn rtp_flag_mistakes_are_one_line_errors() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        err
+    };
+    let err = run(&["source", "--rtp", "127.0.0.1:0"]);
+    assert!(err.contains("--codec"), "{err}");
+    let err = run(&["source", "--rtp", "127.0.0.1:0", "--codec", "mp3"]);
+    assert!(err.contains("unknown codec mp3"), "{err}");
+    let err = run(&[
+        "source",
+        "--file",
+        "x.ivf",
+        "--rtp",
+        "127.0.0.1:0",
+        "--codec",
+        "vp8",
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    // A port taken: said before anything else starts.
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let addr = taken.local_addr().expect("address").to_string();
+    let err = run(&["source", "--rtp", &addr, "--codec", "vp8"]);
+    assert!(
+        err.contains(&format!("cannot listen for RTP on {addr}")),
+        "{err}"
+    );
+}
