@@ -594,6 +594,12 @@ async fn measure_latency(page: &Page, secs: u64) -> (f64, f64, usize, u64) {
     let (l, unreadable) = latencies(page).await;
     let n = l.len();
     assert!(n as u64 > secs * 20, "{}: only {n} frames read", page.name);
+    let earliest = l.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        earliest >= 0.0,
+        "{}: a frame seen {earliest} ms after it was drawn",
+        page.name
+    );
     let (p50, p95) = percentiles(l);
     (p50, p95, n, unreadable)
 }

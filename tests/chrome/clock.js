@@ -67,10 +67,14 @@ function readClock(video) {
   canvas.height = CELL;
   const g = canvas.getContext('2d', { willReadFrequently: true });
   const record = { latencies: [], unreadable: 0 };
-  const onFrame = (now) => {
-    const seen = Math.floor(performance.timeOrigin + now);
+  const onFrame = () => {
     g.drawImage(video, 0, 0, video.videoWidth, CELL * video.videoHeight / H, 0, 0, W, CELL);
     const px = g.getImageData(0, 0, W, CELL).data;
+    // The callback's own timestamp is the start of the display frame, which
+    // can be earlier than the picture drawImage got: a frame that arrived
+    // since (two can come back to back after a repair) would read as seen
+    // before it was drawn. The clock after the read is later than both.
+    const seen = wallMs();
     const bits = [];
     for (let i = 0; i < BITS + CHECK; i++) {
       // The middle of the block, away from edges the codec smears.
@@ -90,7 +94,9 @@ function readClock(video) {
     const bytes = [t >>> 24 & 255, t >>> 16 & 255, t >>> 8 & 255, t & 255];
     if ((bytes[0] ^ bytes[1] ^ bytes[2] ^ bytes[3]) === check && t !== 0) {
       // Modulo 2^32 on both sides: a wrap between drawing and seeing is fine.
-      record.latencies.push(((seen % 2 ** 32) - t + 2 ** 32) % 2 ** 32);
+      // Signed, so a misreading shows as itself and not as 49 days.
+      const d = ((seen % 2 ** 32) - t + 2 ** 32) % 2 ** 32;
+      record.latencies.push(d >= 2 ** 31 ? d - 2 ** 32 : d);
     } else {
       record.unreadable++;
     }
