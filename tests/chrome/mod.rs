@@ -24,9 +24,9 @@ use crate::common::Scratch;
 pub const REQUIRE: &str = "PEER_TREE_REQUIRE_BROWSER";
 
 /// Chromium's switches for tests on a machine that reaches nothing but
-/// loopback (DESIGN.md). The resolver rule keeps Chromium from looking up
-/// Google hosts; host candidates stay visible (no mDNS names) so no multicast
-/// leaves the machine; the fake camera runs at 30 fps.
+/// loopback (DESIGN.md, "Loopback only"). The resolver rule keeps Chromium
+/// from looking up Google hosts; host candidates stay visible (no mDNS
+/// names) so no multicast leaves the machine; the fake camera runs at 30 fps.
 const SWITCHES: &[&str] = &[
     "--headless=new",
     "--no-sandbox",
