@@ -1214,11 +1214,7 @@ async fn setup(env: &Env, k: u32, imp: Impl, rig: &mut Rig) -> Result<Generator>
     let tree = created.tree;
     let publisher_id = client.peer_id().to_owned();
     let (hub, overflow) = Hub::new();
-    let track = hub.track(TrackSpec {
-        codec: Codec::Vp8,
-        stream_id: "forward-load".into(),
-        track_id: "video".into(),
-    });
+    let track = hub.track(TrackSpec::new(Codec::Vp8, "forward-load", "video"));
     let opts = NodeOptions {
         link: loopback(),
         ..NodeOptions::default()

@@ -29,8 +29,9 @@ pub struct JoinArgs {
     /// take the place of.
     #[arg(long)]
     k: Option<u32>,
-    /// Write the first video track to this IVF file, from the first keyframe.
-    #[arg(long, value_name = "OUT.ivf")]
+    /// Write the first video track to this file, from the first keyframe: IVF
+    /// for VP8, VP9 and AV1, an Annex B stream for H.264 (name it .h264).
+    #[arg(long, value_name = "OUT.ivf|OUT.h264")]
     record: Option<PathBuf>,
     /// Write every data-channel message to this file (`-` for stdout), one per
     /// line; binary messages as `base64:...`.

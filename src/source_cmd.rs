@@ -44,7 +44,8 @@ pub struct SourceArgs {
     /// order. Packets are forwarded as they come.
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "file")]
     rtp: Vec<SocketAddr>,
-    /// The codec of each --rtp input: vp8, vp9, av1 or opus.
+    /// The codec of each --rtp input: vp8, vp9, av1, h264 or opus. H.264 is
+    /// offered as packetization mode 1, constrained baseline (42e01f).
     #[arg(long, value_name = "CODEC", value_parser = parse_codec, requires = "rtp")]
     codec: Vec<Codec>,
     /// An existing signalling server (ws:// or wss://). Without it the
@@ -79,7 +80,7 @@ fn parse_codec(name: &str) -> Result<Codec, String> {
                 .next()
                 .is_some_and(|n| n.eq_ignore_ascii_case(name))
         })
-        .ok_or_else(|| format!("unknown codec {name}: vp8, vp9, av1 or opus"))
+        .ok_or_else(|| format!("unknown codec {name}: vp8, vp9, av1, h264 or opus"))
 }
 
 /// Runs while the input feeds the tree; ends at the end of a file or when
@@ -187,11 +188,8 @@ pub async fn run(args: SourceArgs) -> Result<()> {
     let short: String = created.tree.chars().take(8).collect();
     let stream_id = format!("peer-tree-{short}");
     let track = |codec: Codec| {
-        hub.track(TrackSpec {
-            codec,
-            stream_id: stream_id.clone(),
-            track_id: if codec.is_video() { "video" } else { "audio" }.into(),
-        })
+        let kind = if codec.is_video() { "video" } else { "audio" };
+        hub.track(TrackSpec::new(codec, stream_id.clone(), kind))
     };
     let data = hub.channel(ChannelSpec {
         label: "data".into(),

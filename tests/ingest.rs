@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use relay::media::annex_b_nal_units;
 use relay::source::VideoFile;
 
 /// ffmpeg, or None (with the reason printed) where it is missing and the
@@ -28,9 +29,9 @@ fn ffmpeg_or_skip(test: &str) -> Option<()> {
     None
 }
 
-/// A source taking VP8 over RTP on a free port: the process, the port and
-/// the tree id.
-fn rtp_source(s: &Scratch, url: &str) -> (Proc, SocketAddr, String) {
+/// A source taking one codec over RTP on a free port: the process, the
+/// port and the tree id.
+fn rtp_source(s: &Scratch, url: &str, codec: &str) -> (Proc, SocketAddr, String) {
     let src = Proc::spawn(
         s,
         "source",
@@ -39,7 +40,7 @@ fn rtp_source(s: &Scratch, url: &str) -> (Proc, SocketAddr, String) {
             "--rtp",
             "127.0.0.1:0",
             "--codec",
-            "vp8",
+            codec,
             "--signal",
             url,
         ],
@@ -89,7 +90,7 @@ fn ffmpeg_feeds_a_tree_frame_for_frame_with_its_timestamps() {
     }
     let s = Scratch::new("ingest-ffmpeg");
     let (_sig, url) = signal_server(&s, &[]);
-    let (src, port, tree) = rtp_source(&s, &url);
+    let (src, port, tree) = rtp_source(&s, &url, "vp8");
     let (_leaf, rec) = recorder(&s, &url, &tree);
     let mut ff = ffmpeg_sends(&s, port);
     let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
@@ -128,7 +129,7 @@ fn reordered_lost_and_foreign_datagrams_in_the_input_are_survived() {
     }
     let s = Scratch::new("ingest-rough");
     let (_sig, url) = signal_server(&s, &[]);
-    let (src, port, tree) = rtp_source(&s, &url);
+    let (src, port, tree) = rtp_source(&s, &url, "vp8");
     let (_leaf, rec) = recorder(&s, &url, &tree);
     let proxy = UdpSocket::bind("127.0.0.1:0").expect("proxy socket");
     proxy
@@ -199,6 +200,116 @@ fn reordered_lost_and_foreign_datagrams_in_the_input_are_survived() {
     let log = src.log_text();
     assert!(log.contains("is not RTP"), "{log}");
     assert_eq!(log.matches("is not RTP").count(), 1, "said once");
+}
+
+/// The sample as a live H.264 publisher sends it: x264, constrained
+/// baseline, a keyframe (with its SPS and PPS) every second, no B-frames.
+fn encode_h264(s: &Scratch) -> std::path::PathBuf {
+    let out = s.path("publisher.h264");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(sample("testsrc-640x360-vp8.ivf"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-preset",
+            "veryfast",
+            "-g",
+            "30",
+            "-bf",
+            "0",
+            "-f",
+            "h264",
+        ])
+        .arg(&out)
+        .status()
+        .expect("run ffmpeg");
+    assert!(
+        status.success(),
+        "ffmpeg could not encode H.264 with libx264"
+    );
+    out
+}
+
+#[test]
+fn h264_from_ffmpeg_reaches_a_recording_two_hops_down_nal_for_nal() {
+    if ffmpeg_or_skip("h264_from_ffmpeg").is_none() {
+        return;
+    }
+    let s = Scratch::new("ingest-h264");
+    let published = encode_h264(&s);
+    let (_sig, url) = signal_server(&s, &["--k1", "1"]);
+    let (_src, port, tree) = rtp_source(&s, &url, "h264");
+    // source -> mid -> leaf: the leaf gets the track as a relay mirrors it.
+    let mid = relay(&s, "mid", &url, &tree, &["--k", "1"], "connected to parent");
+    let rec = s.path("leaf.h264");
+    let leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
+        "connected to parent",
+    );
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-framerate",
+        "30",
+        "-i",
+    ])
+    .arg(&published)
+    .args(["-c", "copy", "-f", "rtp", &format!("rtp://{port}")]);
+    let mut ff = Proc::spawn_command(&s, "ffmpeg", cmd, false);
+    let source = std::fs::read(&published).expect("read the published stream");
+    let want: Vec<&[u8]> = annex_b_nal_units(&source).collect();
+    let last = *want.last().expect("NAL units");
+    let recorded = until(
+        "the last NAL unit recorded",
+        Duration::from_secs(30),
+        || {
+            let r = std::fs::read(&rec).ok()?;
+            annex_b_nal_units(&r)
+                .last()
+                .is_some_and(|n| n == last)
+                .then_some(r)
+        },
+    );
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let got: Vec<&[u8]> = annex_b_nal_units(&recorded).collect();
+    assert_eq!(got.len(), want.len(), "NAL units recorded");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            g == w,
+            "NAL unit {i} differs ({} vs {} bytes)",
+            g.len(),
+            w.len()
+        );
+    }
+    let (codec, width, height, frames) = decode_with_ffmpeg(&rec);
+    assert_eq!((codec.as_str(), width, height), ("h264", 640, 360));
+    assert_eq!(frames, 300, "pictures decoded from the recording");
+    // The relay in the middle offered its child the format it was given.
+    let fmtp = "packetization-mode=1;profile-level-id=42e01f";
+    for p in [&mid, &leaf] {
+        let log = p.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("upstream track"))
+            .unwrap_or_else(|| panic!("no upstream track logged:\n{log}"));
+        assert!(line.contains("video/H264") && line.contains(fmtp), "{line}");
+    }
+    eprintln!(
+        "H.264 from ffmpeg two hops down: {} of {} NAL units byte for byte, {frames} pictures \
+         decoded by ffprobe",
+        got.len(),
+        want.len()
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc::rtp::packet::Packet;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
@@ -22,14 +24,11 @@ use crate::forward::{
     starts_keyframe, ChannelHub, DataMsg, Hub, MessageLeg, PacketLeg, Queued, TrackHub,
     LEG_QUEUE_MESSAGES, LEG_QUEUE_PACKETS,
 };
-use crate::gop::{AfterReplay, Replayed};
+use crate::gate::{Action, LegGate, Started};
 use crate::media::Codec;
 use crate::pace::{Pace, Pacer};
 use crate::peer::{rtp_kind, Link};
 use crate::RelayError;
-
-/// How long a child waits for a keyframe before asking again.
-const KEYFRAME_REASK: Duration = Duration::from_secs(1);
 
 /// One child: its connection and what it is fed.
 pub struct Downstream {
@@ -102,7 +101,7 @@ impl Downstream {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: codec.rtc_codec(),
+                codec: codec.rtc_codec_with(&t.spec.fmtp),
                 ..Default::default()
             }],
         )));
@@ -281,18 +280,10 @@ impl LegWriter {
     async fn run(self, mut rx: mpsc::Receiver<Queued>, mut reports: mpsc::UnboundedReceiver<f64>) {
         let mut pace = LegPace::new(self.codec);
         let mut payload_type: Option<u8> = None;
-        let mut need_keyframe = true;
-        // A PLI can be lost and a browser parent sends keyframes only when
-        // asked, so the request is repeated while the wait lasts.
-        let mut asked: Option<Instant> = None;
+        let mut gate = LegGate::new(self.codec);
         // When this child became able to receive, to report how long it
         // waited for its first keyframe.
         let mut connected_at: Option<Instant> = None;
-        // Nothing sent yet: the start may replay the current group (gop.rs).
-        // Later waits (after an overflow) do not: the child has most of it.
-        let mut fresh = true;
-        // What the replay sent (gop.rs), while repairs of its holes may come.
-        let mut replayed: Option<Replayed> = None;
         loop {
             let (p, at) = tokio::select! {
                 biased;
@@ -311,65 +302,38 @@ impl LegWriter {
             let since = *connected_at.get_or_insert_with(Instant::now);
             if self.lagged.swap(false, Ordering::Relaxed) {
                 debug!(child = %self.child, "queue overflowed; waiting for a keyframe");
-                need_keyframe = true;
-                asked = None;
+                gate.lagged();
             }
-            replayed = replayed.filter(|r| !r.expired(at));
             let Some(pt) = self.payload_type(&mut payload_type).await else {
                 continue;
             };
-            if need_keyframe && !starts_keyframe(self.codec, &p.payload) {
-                if fresh {
-                    if let Some(mut group) = self.hub.gop_snapshot() {
-                        let n = group.len();
-                        replayed =
-                            Replayed::retime(&mut group, self.codec.clock_rate(), Instant::now());
-                        for g in group {
-                            self.emit(&mut pace, g, pt).await;
-                        }
-                        info!(
-                            child = %self.child,
-                            "started {} from the current group ({n} packets) {} ms after connected",
-                            self.hub.spec.track_id,
-                            since.elapsed().as_millis()
-                        );
-                        fresh = false;
-                        need_keyframe = false;
-                    }
-                }
-                if need_keyframe {
-                    if asked.is_none_or(|t| t.elapsed() >= KEYFRAME_REASK) {
-                        asked = Some(Instant::now());
-                        self.hub.request_keyframe().await;
-                    }
-                    continue;
-                }
+            let d = gate.on_packet(&p, Instant::now(), || self.hub.gop_snapshot());
+            for g in d.replay {
+                self.emit(&mut pace, g, pt).await;
             }
-            if need_keyframe {
-                need_keyframe = false;
-                if self.codec.is_video() {
-                    info!(
-                        child = %self.child,
-                        "first keyframe for {} after {} ms connected",
-                        self.hub.spec.track_id,
-                        since.elapsed().as_millis()
-                    );
-                }
+            let track = &self.hub.spec.track_id;
+            let waited = since.elapsed().as_millis();
+            match d.started {
+                Some(Started::FromGroup(n)) => info!(
+                    child = %self.child,
+                    "started {track} from the current group ({n} packets) {waited} ms after connected"
+                ),
+                Some(Started::AtKeyframe) => info!(
+                    child = %self.child,
+                    "first keyframe for {track} after {waited} ms connected"
+                ),
+                None => {}
             }
-            fresh = false;
-            if let Some(r) = &replayed {
-                match r.judge(&p) {
-                    AfterReplay::Live => {}
-                    AfterReplay::Skip => continue,
-                    AfterReplay::Repair(ts) => {
-                        let mut p = p;
-                        p.header.timestamp = ts;
-                        self.emit(&mut pace, p, pt).await;
-                        continue;
-                    }
+            match d.action {
+                Action::Send => self.send_paced(&mut pace, at, p, pt).await,
+                Action::Repair(ts) => {
+                    let mut p = p;
+                    p.header.timestamp = ts;
+                    self.emit(&mut pace, p, pt).await;
                 }
+                Action::Drop => {}
+                Action::AskKeyframe => self.hub.request_keyframe().await,
             }
-            self.send_paced(&mut pace, at, p, pt).await;
         }
     }
 
@@ -439,14 +403,22 @@ impl LegWriter {
     }
 
     /// The child may number the codec differently (browsers offer their own
-    /// payload types); ask what this leg negotiated.
+    /// payload types); ask what this leg negotiated. Of several lines for
+    /// the codec (H.264's profiles), the one in the track's format.
     async fn negotiated_payload_type(&self) -> Option<u8> {
         let params = self.sender.get_parameters().await.ok()?;
-        params
-            .rtp_parameters
-            .codecs
+        let ours = |c: &&RTCRtpCodecParameters| {
+            Codec::from_mime(&c.rtp_codec.mime_type) == Some(self.codec)
+        };
+        let codecs = &params.rtp_parameters.codecs;
+        codecs
             .iter()
-            .find(|c| Codec::from_mime(&c.rtp_codec.mime_type) == Some(self.codec))
+            .filter(ours)
+            .find(|c| {
+                self.codec
+                    .same_format(&self.hub.spec.fmtp, &c.rtp_codec.sdp_fmtp_line)
+            })
+            .or_else(|| codecs.iter().find(ours))
             .map(|c| c.payload_type)
     }
 }

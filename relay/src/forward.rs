@@ -40,10 +40,25 @@ pub const LEG_QUEUE_MESSAGES: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackSpec {
     pub codec: Codec,
+    /// The codec's fmtp line as the track came (H.264's profile and
+    /// packetization mode), offered to children unchanged.
+    pub fmtp: String,
     /// `msid` stream id; kept end to end so a browser deep in the tree sees
     /// the source's stream.
     pub stream_id: String,
     pub track_id: String,
+}
+
+impl TrackSpec {
+    /// A track of this codec in its default format.
+    pub fn new(codec: Codec, stream_id: impl Into<String>, track_id: impl Into<String>) -> Self {
+        TrackSpec {
+            codec,
+            fmtp: codec.sdp_fmtp_line().to_owned(),
+            stream_id: stream_id.into(),
+            track_id: track_id.into(),
+        }
+    }
 }
 
 /// What a data channel is, copied to every child.
@@ -69,6 +84,9 @@ pub struct DataMsg {
 pub struct Queued {
     pub packet: Packet,
     pub at: Instant,
+    /// The packets before this one will never come (splice.rs): a child
+    /// sees a gap of one and asks in vain, a recorder can stop waiting.
+    pub gap_before: bool,
 }
 
 /// A consumer of one track's packets: a child's writer, or the recorder.
@@ -125,7 +143,7 @@ impl TrackHub {
     pub fn forward(&self, pkt: &Packet) -> Forwarded {
         self.packets_in.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let pkt = {
+        let (pkt, gap_before) = {
             let mut out = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
             let (splice, repairs) = &mut *out;
             let p = match splice.map(pkt, self.spec.codec, now) {
@@ -142,7 +160,7 @@ impl TrackHub {
                 return Forwarded::Dropped(verdict);
             }
             splice.sent(&p);
-            p
+            (p, splice.gap_before())
         };
         // Before the fan-out: a writer that replays the group skips, by
         // sequence number, what its queue also holds.
@@ -159,6 +177,7 @@ impl TrackHub {
             let queued = Queued {
                 packet: pkt.as_ref().clone(),
                 at: now,
+                gap_before,
             };
             if leg.tx.try_send(queued).is_err() {
                 self.packets_dropped.fetch_add(1, Ordering::Relaxed);
@@ -417,6 +436,7 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
         // AV1 aggregation header: Z|Y|W W|N|-|-|-; N marks the first packet of
         // a coded video sequence, which starts with a keyframe.
         Codec::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
+        Codec::H264 => crate::media::h264_payload_starts_keyframe(payload),
     }
 }
 
@@ -473,11 +493,7 @@ mod tests {
     #[test]
     fn a_new_upstream_feeds_the_unfed_track_of_its_codec() {
         let (hub, _) = Hub::new();
-        let spec = |codec, id: &str| TrackSpec {
-            codec,
-            stream_id: "s".into(),
-            track_id: id.into(),
-        };
+        let spec = |codec, id: &str| TrackSpec::new(codec, "s", id);
         let first = hub.track(spec(Codec::Vp8, "from-source"));
         // A browser parent forwards the same video under its own track id.
         let again = hub.track(spec(Codec::Vp8, "from-browser"));
@@ -491,11 +507,7 @@ mod tests {
     #[test]
     fn slow_leg_drops_alone() {
         let (hub, _) = Hub::new();
-        let t = hub.track(TrackSpec {
-            codec: Codec::Vp8,
-            stream_id: "s".into(),
-            track_id: "v".into(),
-        });
+        let t = hub.track(TrackSpec::new(Codec::Vp8, "s", "v"));
         let (fast_tx, mut fast_rx) = mpsc::channel(LEG_QUEUE_PACKETS);
         let (slow_tx, _slow_rx) = mpsc::channel(2);
         let slow_lagged = Arc::new(AtomicBool::new(false));

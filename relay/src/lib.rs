@@ -11,12 +11,14 @@
 pub mod downstream;
 pub mod feedback;
 pub mod forward;
+pub mod gate;
 pub mod gop;
 pub mod ingest;
 pub mod media;
 pub mod nack;
 pub mod node;
 pub mod pace;
+pub mod parent_watch;
 pub mod peer;
 pub mod publish;
 pub mod record;
@@ -40,7 +42,7 @@ pub enum RelayError {
     Signalling(#[from] signalling::client::ClientError),
     #[error("malformed signal: {0}")]
     BadSignal(String),
-    #[error("unsupported codec {0}; supported: VP8, VP9, AV1, Opus")]
+    #[error("unsupported codec {0}; supported: VP8, VP9, AV1, H.264, Opus")]
     UnsupportedCodec(String),
     #[error("lost the connection to the signalling server")]
     SignallingLost,

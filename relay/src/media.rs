@@ -7,7 +7,7 @@
 //! temporal unit well formed. None of it decodes anything.
 
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_AV1, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
+    MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
 };
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 
@@ -18,11 +18,47 @@ pub enum Codec {
     Vp8,
     Vp9,
     Av1,
+    H264,
     Opus,
 }
 
 /// Every codec, in the order error messages list them.
-pub const ALL_CODECS: [Codec; 4] = [Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::Opus];
+pub const ALL_CODECS: [Codec; 5] = [Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::H264, Codec::Opus];
+
+/// The H.264 variants every link offers, as (fmtp, payload type, RTX payload
+/// type): packetization mode 1 (what WebRTC stacks, OBS and ffmpeg send) in
+/// the profiles browsers decode. A relay mirrors its parent's fmtp line, so a
+/// stream keeps its profile and level down the tree; with these registered,
+/// the common ones match exactly. The first is the default (rtc's 125).
+pub const H264_VARIANTS: [(&str, u8, u8); 4] = [
+    (
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        125,
+        107,
+    ),
+    (
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        102,
+        103,
+    ),
+    (
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f",
+        104,
+        105,
+    ),
+    (
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f",
+        112,
+        113,
+    ),
+];
+
+/// H.264 NAL unit types (ITU-T H.264 Table 7-1) and RTP packet types (RFC
+/// 6184 §5.4) that keyframe detection reads.
+const NAL_IDR: u8 = 5;
+const NAL_SPS: u8 = 7;
+const NAL_STAP_A: u8 = 24;
+const NAL_FU_A: u8 = 28;
 
 impl Codec {
     /// The MIME type as rtc spells it, e.g. `video/VP8`.
@@ -31,6 +67,7 @@ impl Codec {
             Codec::Vp8 => MIME_TYPE_VP8,
             Codec::Vp9 => MIME_TYPE_VP9,
             Codec::Av1 => MIME_TYPE_AV1,
+            Codec::H264 => MIME_TYPE_H264,
             Codec::Opus => MIME_TYPE_OPUS,
         }
     }
@@ -39,7 +76,7 @@ impl Codec {
     /// at 48 kHz whatever the input sample rate was).
     pub fn clock_rate(self) -> u32 {
         match self {
-            Codec::Vp8 | Codec::Vp9 | Codec::Av1 => 90_000,
+            Codec::Vp8 | Codec::Vp9 | Codec::Av1 | Codec::H264 => 90_000,
             Codec::Opus => 48_000,
         }
     }
@@ -59,6 +96,7 @@ impl Codec {
         match self {
             Codec::Vp8 => "",
             Codec::Vp9 | Codec::Av1 => "profile-id=0",
+            Codec::H264 => H264_VARIANTS[0].0,
             Codec::Opus => "minptime=10;useinbandfec=1",
         }
     }
@@ -69,6 +107,7 @@ impl Codec {
             Codec::Vp8 => 96,
             Codec::Vp9 => 98,
             Codec::Av1 => 41,
+            Codec::H264 => H264_VARIANTS[0].1,
             Codec::Opus => 111,
         }
     }
@@ -80,6 +119,7 @@ impl Codec {
             Codec::Vp8 => Some(97),
             Codec::Vp9 => Some(99),
             Codec::Av1 => Some(106),
+            Codec::H264 => Some(H264_VARIANTS[0].2),
             Codec::Opus => None,
         }
     }
@@ -102,13 +142,14 @@ impl Codec {
             .find(|c| c.fourcc().as_ref() == Some(fourcc))
     }
 
-    /// The IVF fourcc; `None` for Opus, which IVF cannot carry.
+    /// The IVF fourcc; `None` for Opus, which IVF cannot carry, and for H.264,
+    /// which players expect as an Annex B stream instead.
     pub fn fourcc(self) -> Option<[u8; 4]> {
         match self {
             Codec::Vp8 => Some(*b"VP80"),
             Codec::Vp9 => Some(*b"VP90"),
             Codec::Av1 => Some(*b"AV01"),
-            Codec::Opus => None,
+            Codec::H264 | Codec::Opus => None,
         }
     }
 
@@ -118,13 +159,15 @@ impl Codec {
     /// VP9: the uncompressed header says KEY_FRAME and not show_existing_frame (for a
     /// superframe the first frame decides, as it is the one decoded first). AV1: the
     /// temporal unit carries a sequence header and a key frame header; a key frame
-    /// without a sequence header is no use to a decoder joining mid-stream. Opus:
-    /// every packet.
+    /// without a sequence header is no use to a decoder joining mid-stream. H.264
+    /// (an Annex B access unit): an IDR slice with a sequence parameter set
+    /// before it, for the same reason. Opus: every packet.
     pub fn is_keyframe(self, frame: &[u8]) -> bool {
         match self {
             Codec::Vp8 => vp8_keyframe_size(frame).is_some(),
             Codec::Vp9 => vp9_keyframe(frame).is_some(),
             Codec::Av1 => av1_keyframe(frame).is_some(),
+            Codec::H264 => h264_keyframe(frame),
             Codec::Opus => true,
         }
     }
@@ -137,7 +180,7 @@ impl Codec {
             Codec::Vp8 => vp8_keyframe_size(frame),
             Codec::Vp9 => vp9_keyframe(frame).flatten(),
             Codec::Av1 => av1_keyframe(frame).flatten(),
-            Codec::Opus => None,
+            Codec::H264 | Codec::Opus => None,
         }
     }
 
@@ -148,6 +191,50 @@ impl Codec {
         match self {
             Codec::Av1 => for_each_obu(frame, |_| true).map(|_| ()),
             _ => Ok(()),
+        }
+    }
+
+    /// Every (codec, payload type, RTX payload type) a link registers for
+    /// this codec: one, or for H.264 each of [`H264_VARIANTS`].
+    pub fn sdp_variants(self) -> Vec<(RTCRtpCodec, u8, Option<u8>)> {
+        match self {
+            Codec::H264 => H264_VARIANTS
+                .iter()
+                .map(|&(fmtp, pt, rtx)| (self.rtc_codec_with(fmtp), pt, Some(rtx)))
+                .collect(),
+            _ => vec![(
+                self.rtc_codec(),
+                self.default_payload_type(),
+                self.default_rtx_payload_type(),
+            )],
+        }
+    }
+
+    /// Whether a negotiated codec line `offered` carries a stream described
+    /// by `fmtp`: for H.264 the packetization mode and the profile must agree
+    /// (RFC 6184 §8.2.2; the level may differ), other codecs have one format.
+    pub fn same_format(self, fmtp: &str, offered: &str) -> bool {
+        if self != Codec::H264 {
+            return true;
+        }
+        let param = |line: &str, key: &str| {
+            line.split(';')
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.trim().to_ascii_lowercase())
+        };
+        // Mode 0 when absent; the profile is the first byte of profile-level-id.
+        let mode = |line: &str| param(line, "packetization-mode").unwrap_or_else(|| "0".into());
+        let profile =
+            |line: &str| param(line, "profile-level-id").map(|v| v.get(..2).map(str::to_owned));
+        mode(fmtp) == mode(offered) && profile(fmtp) == profile(offered)
+    }
+
+    /// The codec as rtc describes it, with this fmtp line.
+    pub fn rtc_codec_with(self, fmtp: &str) -> RTCRtpCodec {
+        RTCRtpCodec {
+            sdp_fmtp_line: fmtp.to_owned(),
+            ..self.rtc_codec()
         }
     }
 
@@ -170,6 +257,7 @@ impl std::fmt::Display for Codec {
             Codec::Vp8 => "VP8",
             Codec::Vp9 => "VP9",
             Codec::Av1 => "AV1",
+            Codec::H264 => "H.264",
             Codec::Opus => "Opus",
         })
     }
@@ -275,6 +363,97 @@ fn vp9_keyframe_rest(r: &mut Bits<'_>, profile: u32) -> Option<(u16, u16)> {
     let w = r.bits(16)? + 1;
     let h = r.bits(16)? + 1;
     Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
+}
+
+/// The NAL units of an Annex B stream (start codes of three or four bytes),
+/// without their start codes. Trailing zero bytes of a NAL unit are part of
+/// the next start code, as the spec's byte stream format says.
+pub fn annex_b_nal_units(stream: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let starts: Vec<usize> = stream
+        .windows(3)
+        .enumerate()
+        .filter(|(_, w)| *w == [0, 0, 1])
+        .map(|(i, _)| i + 3)
+        .collect();
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&next| {
+            let mut end = next - 3;
+            while end > 0 && stream[end - 1] == 0 {
+                end -= 1;
+            }
+            end
+        })
+        .chain(std::iter::once(stream.len()))
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(move |(s, e)| &stream[s..e.max(s)])
+}
+
+fn h264_keyframe(access_unit: &[u8]) -> bool {
+    let mut sps = false;
+    for nal in annex_b_nal_units(access_unit) {
+        match nal.first().map(|b| b & 0x1f) {
+            Some(NAL_SPS) => sps = true,
+            Some(NAL_IDR) if sps => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Whether an H.264 RTP payload (RFC 6184) begins with a sequence parameter
+/// set: as a single NAL unit, inside an aggregation (STAP-A), or as the first
+/// fragment of one. Encoders put SPS and PPS in front of each IDR picture, so
+/// the access unit of a keyframe starts here; an IDR slice on its own is not
+/// taken as a start, because a decoder joining there lacks the parameter sets
+/// (and a group-of-pictures cache reset there would lose them).
+pub(crate) fn h264_payload_starts_keyframe(payload: &[u8]) -> bool {
+    let Some(&b0) = payload.first() else {
+        return false;
+    };
+    match b0 & 0x1f {
+        NAL_SPS => true,
+        NAL_STAP_A => {
+            let mut at = 1usize;
+            while let Some(len) = payload.get(at..at + 2) {
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                match payload.get(at + 2) {
+                    Some(h) if h & 0x1f == NAL_SPS => return true,
+                    Some(_) => at += 2 + len,
+                    None => return false,
+                }
+            }
+            false
+        }
+        NAL_FU_A => payload
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == NAL_SPS),
+        _ => false,
+    }
+}
+
+/// Whether rtc 0.21's H.264 depacketizer can take this payload without
+/// panicking: it reads a STAP-A's 16-bit size field even when only one byte
+/// of it is left. The walk is the depacketizer's own.
+pub(crate) fn h264_payload_is_safe(payload: &[u8]) -> bool {
+    if payload.first().map(|b| b & 0x1f) != Some(NAL_STAP_A) {
+        return true;
+    }
+    let mut at = 1usize;
+    while at < payload.len() {
+        let Some(len) = payload.get(at..at + 2) else {
+            return false;
+        };
+        at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if at > payload.len() {
+            return false;
+        }
+    }
+    true
 }
 
 pub(crate) const OBU_SEQUENCE_HEADER: u8 = 1;
@@ -458,7 +637,8 @@ mod tests {
         assert_eq!(Codec::Vp8.mime(), "video/VP8");
         assert_eq!(Codec::Opus.mime(), "audio/opus");
         assert_eq!(Codec::from_mime("VIDEO/vp9"), Some(Codec::Vp9));
-        assert_eq!(Codec::from_mime("video/H264"), None);
+        assert_eq!(Codec::from_mime("video/H264"), Some(Codec::H264));
+        assert_eq!(Codec::from_mime("video/H265"), None);
         assert_eq!(Codec::from_fourcc(b"AV01"), Some(Codec::Av1));
         assert_eq!(Codec::from_fourcc(b"H264"), None);
         for c in ALL_CODECS {
@@ -471,9 +651,70 @@ mod tests {
             assert!(rc.payloader().is_ok(), "{c} has an rtc payloader");
         }
         assert_eq!(
-            [96, 98, 41, 111],
+            [96, 98, 41, 125, 111],
             ALL_CODECS.map(|c| c.default_payload_type())
         );
+    }
+
+    #[test]
+    fn h264_keyframes_are_idr_pictures_with_their_parameter_sets() {
+        let sps = [0x67, 0x42, 0xc0, 0x1e];
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        let idr = [0x65, 0x88, 0x84, 0x00];
+        let p_slice = [0x41, 0x9a, 0x02];
+        let au = |nals: &[&[u8]]| {
+            let mut v = Vec::new();
+            for (i, n) in nals.iter().enumerate() {
+                // Both start code lengths, as encoders mix them.
+                v.extend_from_slice(if i == 0 {
+                    &[0, 0, 0, 1][..]
+                } else {
+                    &[0, 0, 1]
+                });
+                v.extend_from_slice(n);
+            }
+            v
+        };
+        let key = au(&[&sps, &pps, &idr]);
+        assert!(Codec::H264.is_keyframe(&key));
+        assert_eq!(
+            annex_b_nal_units(&key).collect::<Vec<_>>(),
+            vec![&sps[..], &pps[..], &idr[..]]
+        );
+        assert!(!Codec::H264.is_keyframe(&au(&[&idr])), "no SPS: no start");
+        assert!(!Codec::H264.is_keyframe(&au(&[&p_slice])));
+        assert!(!Codec::H264.is_keyframe(&[]));
+        assert_eq!(Codec::H264.keyframe_size(&key), None);
+    }
+
+    #[test]
+    fn h264_payloads_that_start_a_keyframe() {
+        let starts = |p: &[u8]| h264_payload_starts_keyframe(p);
+        assert!(starts(&[0x67, 0x42, 0xc0]), "SPS alone");
+        assert!(
+            starts(&[0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce]),
+            "STAP-A, SPS first"
+        );
+        assert!(
+            starts(&[0x78, 0, 1, 0x09, 0, 2, 0x67, 0x42]),
+            "STAP-A, SPS after an AUD"
+        );
+        assert!(starts(&[0x7c, 0x87, 0x42]), "FU-A start of an SPS");
+        assert!(!starts(&[0x65, 0x88]), "IDR slice without its SPS");
+        assert!(!starts(&[0x7c, 0x85, 0x88]), "FU-A of an IDR slice");
+        assert!(!starts(&[0x7c, 0x07, 0x42]), "FU-A middle");
+        assert!(!starts(&[0x78, 0, 9, 0x68]), "STAP-A cut short");
+        assert!(!starts(&[]));
+        assert!(h264_payload_is_safe(&[0x78, 0, 1, 0x67]));
+        assert!(
+            !h264_payload_is_safe(&[0x78, 0, 1, 0x67, 0x00]),
+            "one byte of a size"
+        );
+        assert!(
+            !h264_payload_is_safe(&[0x78, 0, 5, 0x67]),
+            "size past the end"
+        );
+        assert!(h264_payload_is_safe(&[0x65, 0x88]));
     }
 
     #[test]

@@ -20,8 +20,9 @@ use webrtc::peer_connection::{RTCIceCandidateType, RTCPeerConnectionState};
 
 use crate::downstream::Downstream;
 use crate::forward::{DataMsg, Hub, PacketLeg, TrackHub};
+use crate::parent_watch::{Backoff, ParentWatch};
 use crate::peer::{Applied, Link, LinkConfig, LinkEvent};
-use crate::record::IvfRecorder;
+use crate::record::Recorder;
 use crate::upstream::Upstream;
 use crate::RelayError;
 
@@ -91,10 +92,6 @@ pub fn join_role(k: Option<u32>) -> Role {
     }
 }
 
-/// First and longest wait between reconnection attempts.
-const BACKOFF_FIRST: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(4);
-
 /// How often the node looks at its parent's health.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
 /// Children wait this long at most for the data channels the parent's offer
@@ -103,8 +100,6 @@ const HEALTH_CHECK: Duration = Duration::from_millis(250);
 /// negotiation to add SCTP to a connection that just came up, and in
 /// webrtc-rs that race once left a child without its data channel.
 const CHANNELS_WAIT: Duration = Duration::from_secs(2);
-/// How long a refused or unanswered `reconnect` waits before another try.
-const RECONNECT_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a node stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,13 +118,8 @@ pub struct Node {
     overflow: mpsc::UnboundedReceiver<u64>,
     links_tx: mpsc::UnboundedSender<(String, LinkEvent)>,
     links_rx: mpsc::UnboundedReceiver<(String, LinkEvent)>,
-    parent: Option<String>,
-    /// When the server named the current parent.
-    parent_since: Instant,
-    /// The upstream connection has reached `connected`.
-    upstream_connected: bool,
-    /// A `reconnect` is out; no other before this instant.
-    reconnect_after: Option<Instant>,
+    /// The parent the server named, and when to ask for another.
+    watch: ParentWatch,
     upstream: Option<Upstream>,
     rejoin: Option<Rejoin>,
     children: HashMap<String, Child>,
@@ -161,6 +151,7 @@ impl Node {
         opts: NodeOptions,
     ) -> Node {
         let (links_tx, links_rx) = mpsc::unbounded_channel();
+        let watch = ParentWatch::new(parent, Instant::now(), opts.silence, opts.upstream_timeout);
         Node {
             client,
             events,
@@ -169,10 +160,7 @@ impl Node {
             overflow,
             links_tx,
             links_rx,
-            parent,
-            parent_since: Instant::now(),
-            upstream_connected: false,
-            reconnect_after: None,
+            watch,
             upstream: None,
             rejoin: None,
             children: HashMap::new(),
@@ -261,10 +249,7 @@ impl Node {
                 if let Some(up) = self.upstream.take() {
                     up.close(&self.hub).await;
                 }
-                self.parent = Some(p.parent);
-                self.parent_since = Instant::now();
-                self.upstream_connected = false;
-                self.reconnect_after = None;
+                self.watch.named(p.parent, Instant::now());
             }
             Event::Signal(s) => self.on_signal(&s.from, s.data.get()).await,
             Event::TreeClosed(t) => return Some(Exit::TreeClosed(t.reason)),
@@ -275,7 +260,7 @@ impl Node {
     }
 
     async fn on_signal(&mut self, from: &str, data: &str) {
-        if self.parent.as_deref() == Some(from) {
+        if self.watch.parent() == Some(from) {
             if self.upstream.is_none() {
                 match Link::new(&self.opts.link, &self.client, from, self.links_tx.clone()).await {
                     Ok(link) => self.upstream = Some(Upstream::new(link)),
@@ -312,7 +297,7 @@ impl Node {
     }
 
     async fn on_link_event(&mut self, from: String, ev: LinkEvent) {
-        let from_parent = self.parent.as_deref() == Some(from.as_str())
+        let from_parent = self.watch.parent() == Some(from.as_str())
             && self
                 .upstream
                 .as_ref()
@@ -354,10 +339,12 @@ impl Node {
                     }
                 } else if from_parent && state == RTCPeerConnectionState::Connected {
                     info!(parent = %from, "connected to parent");
-                    self.upstream_connected = true;
+                    self.watch.connected();
                     self.report_reachability().await;
                 } else if from_parent && state == RTCPeerConnectionState::Failed {
-                    self.ask_for_another_parent("the connection to the parent failed");
+                    if let Some(why) = self.watch.failed(Instant::now()) {
+                        self.ask_for_another_parent(&why);
+                    }
                 }
             }
             // Children never open tracks or channels towards their parent.
@@ -379,37 +366,31 @@ impl Node {
         warn!("lost the signalling server; closing peer connections and reconnecting");
         self.close_all().await;
         self.waiting.clear();
-        self.parent = None;
-        let started = Instant::now();
-        let mut delay = BACKOFF_FIRST;
+        self.watch.lost();
+        let give_up_after = self
+            .rejoin
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.give_up_after);
+        let mut backoff = Backoff::new(Instant::now(), give_up_after);
         loop {
-            // Jitter keeps a whole tree from reconnecting in lockstep.
-            let jitter = Duration::from_nanos(
-                u64::from(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .subsec_nanos(),
-                ) % (delay.as_nanos() as u64 / 2 + 1),
-            );
+            let entropy = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos();
             tokio::select! {
                 _ = shutdown.as_mut() => return Ok(false),
-                _ = tokio::time::sleep(delay + jitter) => {}
+                _ = tokio::time::sleep(backoff.wait(entropy.into())) => {}
             }
             match self.try_seat().await {
                 Ok(()) => return Ok(true),
                 Err(e) => {
-                    let Some(rejoin) = &self.rejoin else {
-                        return Err(RelayError::SignallingLost);
-                    };
-                    if started.elapsed() >= rejoin.give_up_after {
-                        return Err(RelayError::Rejoin(format!(
-                            "gave up after {} s: {e}",
-                            started.elapsed().as_secs()
-                        )));
+                    if let Err(secs) = backoff.failed(Instant::now()) {
+                        return Err(RelayError::Rejoin(format!("gave up after {secs} s: {e}")));
                     }
-                    warn!("reconnecting: {e}; next try in {} ms", delay.as_millis());
-                    delay = (delay * 2).min(BACKOFF_MAX);
+                    warn!(
+                        "reconnecting: {e}; next try in {} ms",
+                        backoff.delay().as_millis()
+                    );
                 }
             }
         }
@@ -434,12 +415,9 @@ impl Node {
                     depth = j.depth,
                     "joined the tree again"
                 );
-                self.parent = Some(j.parent);
-                self.parent_since = Instant::now();
+                self.watch.named(j.parent, Instant::now());
             }
         }
-        self.upstream_connected = false;
-        self.reconnect_after = None;
         // A new connection to the server starts out directly reachable; the
         // next upstream says otherwise if it must.
         self.relayed = false;
@@ -449,31 +427,12 @@ impl Node {
         Ok(())
     }
 
-    /// A parent can fail without its connection or its WebSocket closing
-    /// (frozen, or its network gone): the server would notice only after
-    /// its heartbeat timeout. Children notice first, from the media.
+    /// Children notice a failed parent first, from the media (parent_watch.rs).
     fn check_upstream(&mut self) {
-        if self.parent.is_none() {
-            return;
-        }
-        let now = Instant::now();
         let last_media = self.upstream.as_ref().and_then(|u| u.activity.last_media());
-        let why = match last_media {
-            Some(last) if now - last >= self.opts.silence => format!(
-                "no media from the parent for {} ms",
-                (now - last).as_millis()
-            ),
-            None if !self.upstream_connected
-                && now - self.parent_since >= self.opts.upstream_timeout =>
-            {
-                format!(
-                    "the parent did not connect within {} s",
-                    self.opts.upstream_timeout.as_secs()
-                )
-            }
-            _ => return,
-        };
-        self.ask_for_another_parent(&why);
+        if let Some(why) = self.watch.poll(Instant::now(), last_media) {
+            self.ask_for_another_parent(&why);
+        }
     }
 
     /// Rule 8: a member whose link to its parent could only be made through
@@ -509,13 +468,8 @@ impl Node {
 
     /// `reconnect`: the server moves this node (with its subtree) under
     /// another parent and says so with `parent`.
-    fn ask_for_another_parent(&mut self, why: &str) {
-        let now = Instant::now();
-        if self.reconnect_after.is_some_and(|t| now < t) {
-            return;
-        }
-        self.reconnect_after = Some(now + RECONNECT_RETRY);
-        warn!(parent = ?self.parent, "{why}; asking the server for another parent");
+    fn ask_for_another_parent(&self, why: &str) {
+        warn!(parent = ?self.watch.parent(), "{why}; asking the server for another parent");
         let client = self.client.clone();
         tokio::spawn(async move {
             // Success arrives as a `parent` event too, handled in the loop.
@@ -552,7 +506,7 @@ impl Node {
                 .upstream
                 .as_ref()
                 .is_some_and(|u| u.link.remote_has_data())
-            && self.parent_since.elapsed() < CHANNELS_WAIT;
+            && self.watch.since().elapsed() < CHANNELS_WAIT;
         !channels_due
     }
 
@@ -604,7 +558,7 @@ impl Node {
         }
     }
 
-    /// `--record`: the first video track also feeds an IVF recorder.
+    /// `--record`: the first video track also feeds a recorder.
     fn maybe_record(&mut self, track: &Arc<TrackHub>) {
         let Some(path) = self.opts.record.clone() else {
             return;
@@ -622,7 +576,7 @@ impl Node {
         let codec = track.spec.codec;
         let track = track.clone();
         tokio::spawn(async move {
-            let mut rec = match IvfRecorder::create(&path, codec) {
+            let mut rec = match Recorder::create(&path, codec) {
                 Ok(r) => r,
                 Err(e) => {
                     warn!("cannot record to {}: {e}", path.display());
@@ -636,6 +590,7 @@ impl Node {
                 let deadline = rec.deadline();
                 let pushed = tokio::select! {
                     q = rx.recv() => match q {
+                        Some(q) if q.gap_before => rec.push_after_gap(&q.packet),
                         Some(q) => rec.push(&q.packet),
                         None => break,
                     },

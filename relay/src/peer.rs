@@ -37,7 +37,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use crate::feedback::FeedbackTap;
-use crate::media::Codec;
+use crate::media::{Codec, ALL_CODECS};
 use crate::nack::AskForRepairs;
 use crate::relayed_checks::RelayedCheckGate;
 use crate::resend::ChildRepairs;
@@ -313,12 +313,14 @@ fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError
     let mut me = MediaEngine::default();
     // Codecs before feedback: `register_feedback` adds its lines to the
     // codecs registered so far, and the SDP needs them (nack, nack pli).
-    for codec in [Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::Opus] {
-        let params = RTCRtpCodecParameters {
-            rtp_codec: codec.rtc_codec(),
-            payload_type: codec.default_payload_type(),
-        };
-        me.register_codec(params, rtp_kind(codec))?;
+    for codec in ALL_CODECS {
+        for (rtp_codec, payload_type, _) in codec.sdp_variants() {
+            let params = RTCRtpCodecParameters {
+                rtp_codec,
+                payload_type,
+            };
+            me.register_codec(params, rtp_kind(codec))?;
+        }
     }
     for parameter in ["", "pli"] {
         me.register_feedback(
@@ -340,11 +342,14 @@ fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError
     let registry = configure_twcc_receiver_only(registry, &mut me)?;
     let registry = configure_rtcp_reports(registry);
     // After the feedback: retransmissions are not themselves NACKed.
-    for codec in [Codec::Vp8, Codec::Vp9, Codec::Av1] {
-        let (Some(rtx), apt) = (
-            codec.default_rtx_payload_type(),
-            codec.default_payload_type(),
-        ) else {
+    let video_variants = ALL_CODECS.into_iter().flat_map(|codec| {
+        codec
+            .sdp_variants()
+            .into_iter()
+            .map(move |(_, apt, rtx)| (codec, apt, rtx))
+    });
+    for (codec, apt, rtx) in video_variants {
+        let Some(rtx) = rtx else {
             continue;
         };
         let params = RTCRtpCodecParameters {

@@ -1,7 +1,10 @@
-//! `join --record out.ivf`: received RTP back into an IVF file.
+//! `join --record out.ivf`: received RTP back into an IVF file (VP8, VP9,
+//! AV1) or an Annex B stream (H.264, which players open as `.h264`).
 //!
 //! The promise is byte-for-byte: every frame written equals the frame the source
-//! read from its file, starting at the first keyframe received. So a frame is
+//! read from its file, starting at the first keyframe received. For H.264 that
+//! holds for NAL units: each is written after a four-byte start code, which
+//! may differ from the three-byte one an encoder put before it. So a frame is
 //! written only when all of its packets are in, and after a loss nothing is
 //! written until the next keyframe, because the frames in between would
 //! reference a picture the recording does not have.
@@ -23,7 +26,7 @@
 //!
 //! Each frame goes to the file with one `write` call as soon as it is complete, so a
 //! process killed mid-recording leaves every finished frame on disk. The header's
-//! frame count is only filled in by [`IvfRecorder::finish`] (or on drop); until
+//! frame count is only filled in by [`Recorder::finish`] (or on drop); until
 //! then it says 0. IVF readers (libvpx, ffmpeg, our [`VideoFile`](crate::source::VideoFile))
 //! ignore the count and read frames until the data ends.
 
@@ -32,11 +35,11 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use rtc::rtp::codec::{av1::Av1Depacketizer, vp8::Vp8Packet, vp9::Vp9Packet};
+use rtc::rtp::codec::{av1::Av1Depacketizer, h264::H264Packet, vp8::Vp8Packet, vp9::Vp9Packet};
 use rtc::rtp::packet::Packet;
 use rtc::rtp::packetizer::Depacketizer;
 
-use crate::media::{read_leb128, Codec};
+use crate::media::{h264_payload_is_safe, read_leb128, Codec};
 use crate::reorder::{Released, Reorder};
 
 /// IVF timestamps are in this clock, the RTP video clock, so no conversion rounds.
@@ -66,11 +69,13 @@ pub enum RecordError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot record {codec} to IVF: IVF carries VP8, VP9 or AV1 video only")]
+    #[error(
+        "cannot record {codec}: recordings hold VP8, VP9 or AV1 video (IVF) or H.264 (Annex B)"
+    )]
     UnsupportedCodec { codec: Codec },
 }
 
-/// What [`IvfRecorder::push`] wrote.
+/// What [`Recorder::push`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameInfo {
     /// 0 for the first frame of the recording.
@@ -82,11 +87,13 @@ pub struct FrameInfo {
     pub keyframe: bool,
 }
 
-/// Reassembles one video track's RTP packets into IVF frames.
-pub struct IvfRecorder {
+/// Reassembles one video track's RTP packets into frames, and writes them.
+pub struct Recorder {
     path: PathBuf,
     file: Option<File>,
     codec: Codec,
+    /// IVF, or an Annex B stream with no header or frame records (H.264).
+    ivf: bool,
     size_hint: Option<(u16, u16)>,
     frames_written: u64,
     frames_dropped: u64,
@@ -97,6 +104,8 @@ pub struct IvfRecorder {
     /// (RTP timestamp, IVF timestamp) of the last frame written.
     last_written: Option<(u32, u64)>,
     av1: Av1Depacketizer,
+    /// Holds a fragmented NAL unit (FU-A) until its last piece.
+    h264: H264Packet,
 }
 
 struct PartialFrame {
@@ -104,30 +113,34 @@ struct PartialFrame {
     data: BytesMut,
 }
 
-impl IvfRecorder {
-    /// Creates (or truncates) `path` and writes an IVF header with a 1/90000
-    /// timebase. VP8, VP9 and AV1 only.
-    pub fn create(path: impl AsRef<Path>, codec: Codec) -> Result<IvfRecorder, RecordError> {
+impl Recorder {
+    /// Creates (or truncates) `path`. VP8, VP9 and AV1 get an IVF header with
+    /// a 1/90000 timebase; H.264 is written as a bare Annex B stream.
+    pub fn create(path: impl AsRef<Path>, codec: Codec) -> Result<Recorder, RecordError> {
         let path = path.as_ref().to_path_buf();
-        let Some(fourcc) = codec.fourcc() else {
+        let fourcc = codec.fourcc();
+        if fourcc.is_none() && codec != Codec::H264 {
             return Err(RecordError::UnsupportedCodec { codec });
-        };
+        }
         let io = |source| RecordError::Io {
             path: path.clone(),
             source,
         };
         let mut file = File::create(&path).map_err(io)?;
-        let mut header = [0u8; 32];
-        header[..4].copy_from_slice(b"DKIF");
-        header[6..8].copy_from_slice(&32u16.to_le_bytes());
-        header[8..12].copy_from_slice(&fourcc);
-        header[16..20].copy_from_slice(&TIMEBASE_DENOMINATOR.to_le_bytes());
-        header[20..24].copy_from_slice(&1u32.to_le_bytes());
-        file.write_all(&header).map_err(io)?;
-        Ok(IvfRecorder {
+        if let Some(fourcc) = fourcc {
+            let mut header = [0u8; 32];
+            header[..4].copy_from_slice(b"DKIF");
+            header[6..8].copy_from_slice(&32u16.to_le_bytes());
+            header[8..12].copy_from_slice(&fourcc);
+            header[16..20].copy_from_slice(&TIMEBASE_DENOMINATOR.to_le_bytes());
+            header[20..24].copy_from_slice(&1u32.to_le_bytes());
+            file.write_all(&header).map_err(io)?;
+        }
+        Ok(Recorder {
             path,
             file: Some(file),
             codec,
+            ivf: fourcc.is_some(),
             size_hint: None,
             frames_written: 0,
             frames_dropped: 0,
@@ -137,6 +150,7 @@ impl IvfRecorder {
             waiting_for_keyframe: true,
             last_written: None,
             av1: Av1Depacketizer::new(),
+            h264: H264Packet::default(),
         })
     }
 
@@ -183,11 +197,27 @@ impl IvfRecorder {
         self.push_at(packet, std::time::Instant::now())
     }
 
-    /// [`IvfRecorder::push`] with the arrival time given.
+    /// [`Recorder::push`] for a packet after a gap that will never fill (a
+    /// join at a keyframe, splice.rs): the recording goes on from it at
+    /// once instead of waiting [`REORDER_WAIT`] for the hole.
+    pub fn push_after_gap(&mut self, packet: &Packet) -> Result<Vec<FrameInfo>, RecordError> {
+        self.push_with(packet, std::time::Instant::now(), true)
+    }
+
+    /// [`Recorder::push`] with the arrival time given.
     pub fn push_at(
         &mut self,
         packet: &Packet,
         now: std::time::Instant,
+    ) -> Result<Vec<FrameInfo>, RecordError> {
+        self.push_with(packet, now, false)
+    }
+
+    fn push_with(
+        &mut self,
+        packet: &Packet,
+        now: std::time::Instant,
+        gap_before: bool,
     ) -> Result<Vec<FrameInfo>, RecordError> {
         let ssrc = packet.header.ssrc;
         let mut written = Vec::new();
@@ -199,13 +229,17 @@ impl IvfRecorder {
             self.lose("SSRC changed");
         }
         self.ssrc = Some(ssrc);
-        let released = self.reorder.push(packet.clone(), now);
+        let released = if gap_before {
+            self.reorder.push_after_gap(packet.clone(), now)
+        } else {
+            self.reorder.push(packet.clone(), now)
+        };
         self.take(released, &mut written)?;
         Ok(written)
     }
 
     /// Gives up on a hole that waited too long; call by
-    /// [`IvfRecorder::deadline`] when no packets come to do it.
+    /// [`Recorder::deadline`] when no packets come to do it.
     pub fn poll(&mut self, now: std::time::Instant) -> Result<Vec<FrameInfo>, RecordError> {
         let mut written = Vec::new();
         let released = self.reorder.poll(now);
@@ -213,7 +247,7 @@ impl IvfRecorder {
         Ok(written)
     }
 
-    /// When [`IvfRecorder::poll`] is due (None: no packet waits).
+    /// When [`Recorder::poll`] is due (None: no packet waits).
     pub fn deadline(&self) -> Option<std::time::Instant> {
         self.reorder.deadline()
     }
@@ -263,6 +297,7 @@ impl IvfRecorder {
                 return Ok(written); // joined mid-frame; wait for the next one
             }
             self.av1 = Av1Depacketizer::new();
+            self.h264 = H264Packet::default();
             self.frame = Some(PartialFrame {
                 rtp_timestamp: header.timestamp,
                 data: BytesMut::new(),
@@ -316,6 +351,12 @@ impl IvfRecorder {
         if self.frame.take().is_some() {
             self.frames_dropped += 1;
         }
+        if !self.ivf {
+            return file.flush().map_err(|source| RecordError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
         // IVF counts in 32 bits; a longer recording says u32::MAX, which readers ignore.
         let count = u32::try_from(self.frames_written).unwrap_or(u32::MAX);
         let io = |source| RecordError::Io {
@@ -343,6 +384,9 @@ impl IvfRecorder {
             Codec::Vp8 => payload.first().is_some_and(|b| b & 0x17 == 0x10),
             Codec::Vp9 => Vp9Packet::default().is_partition_head(payload),
             Codec::Av1 => self.av1.is_partition_head(payload),
+            // Anything but the middle or end of a fragmented NAL unit; a
+            // frame begun inside an access unit is no keyframe and is dropped.
+            Codec::H264 => self.h264.is_partition_head(payload),
             Codec::Opus => false,
         }
     }
@@ -358,6 +402,12 @@ impl IvfRecorder {
                     return Err("malformed AV1 payload".into());
                 }
                 self.av1.depacketize(payload)
+            }
+            Codec::H264 => {
+                if !h264_payload_is_safe(payload) {
+                    return Err("malformed H.264 aggregation packet".into());
+                }
+                self.h264.depacketize(payload)
             }
             Codec::Opus => return Err("Opus cannot be recorded".into()),
         };
@@ -381,7 +431,7 @@ impl IvfRecorder {
             return Ok(None);
         }
         self.waiting_for_keyframe = false;
-        if self.frames_written == 0 {
+        if self.frames_written == 0 && self.ivf {
             self.write_size(&data)?;
         }
         let ivf_timestamp = match self.last_written {
@@ -392,12 +442,18 @@ impl IvfRecorder {
                 ivf + u64::from(step.max(0).unsigned_abs())
             }
         };
-        let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let mut record = Vec::with_capacity(12 + data.len());
-        record.extend_from_slice(&size.to_le_bytes());
-        record.extend_from_slice(&ivf_timestamp.to_le_bytes());
-        record.extend_from_slice(&data);
-        self.write(&record)?;
+        if self.ivf {
+            let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            let mut record = Vec::with_capacity(12 + data.len());
+            record.extend_from_slice(&size.to_le_bytes());
+            record.extend_from_slice(&ivf_timestamp.to_le_bytes());
+            record.extend_from_slice(&data);
+            self.write(&record)?;
+        } else {
+            // An Annex B stream has no timestamps: players read frames by
+            // their access units, at the rate they are told.
+            self.write(&data)?;
+        }
         self.last_written = Some((frame.rtp_timestamp, ivf_timestamp));
         let info = FrameInfo {
             index: self.frames_written,
@@ -443,7 +499,7 @@ impl IvfRecorder {
     }
 }
 
-impl Drop for IvfRecorder {
+impl Drop for Recorder {
     fn drop(&mut self) {
         if let Err(e) = self.finalize() {
             tracing::warn!(error = %e, "could not finish recording");
@@ -451,9 +507,9 @@ impl Drop for IvfRecorder {
     }
 }
 
-impl std::fmt::Debug for IvfRecorder {
+impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IvfRecorder")
+        f.debug_struct("Recorder")
             .field("path", &self.path)
             .field("codec", &self.codec)
             .field("frames_written", &self.frames_written)
@@ -522,7 +578,7 @@ mod tests {
     fn endless_frames_are_cut_off() {
         let path =
             std::env::temp_dir().join(format!("peer-tree-endless-{}.ivf", std::process::id()));
-        let mut rec = IvfRecorder::create(&path, Codec::Vp8).unwrap();
+        let mut rec = Recorder::create(&path, Codec::Vp8).unwrap();
         let chunk = Bytes::from(vec![0u8; 1 << 20]);
         let mut packet = Packet::default();
         for seq in 0..(MAX_FRAME_BYTES >> 20) as u16 + 2 {
@@ -541,7 +597,7 @@ mod tests {
     #[test]
     fn opus_cannot_be_recorded() {
         let dir = std::env::temp_dir().join("peer-tree-record-opus.ivf");
-        let err = IvfRecorder::create(&dir, Codec::Opus).unwrap_err();
+        let err = Recorder::create(&dir, Codec::Opus).unwrap_err();
         assert!(matches!(
             err,
             RecordError::UnsupportedCodec { codec: Codec::Opus }

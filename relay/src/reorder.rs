@@ -77,6 +77,30 @@ impl Reorder {
         self.poll(now)
     }
 
+    /// Takes a packet that follows a gap that will never fill (its sender
+    /// knows: a join at a keyframe, splice.rs): what waits before it goes
+    /// out now, the holes given up as gaps, instead of at their deadline.
+    pub fn push_after_gap(&mut self, p: Packet, now: Instant) -> Vec<Released> {
+        let Some(mut next) = self.next else {
+            return self.push(p, now);
+        };
+        let ext = self.extend(p.header.sequence_number);
+        let mut out = Vec::new();
+        while next < ext {
+            if let Some((q, _)) = self.held.remove(&next) {
+                out.push(Released::Packet(q));
+                next += 1;
+                continue;
+            }
+            let resume = self.held.range(next..ext).next().map_or(ext, |(&k, _)| k);
+            out.push(Released::Gap(resume - next));
+            next = resume;
+        }
+        self.next = Some(next);
+        out.extend(self.push(p, now));
+        out
+    }
+
     /// Releases what is in order, and gives up on a hole that waited too
     /// long or holds too many packets behind it.
     pub fn poll(&mut self, now: Instant) -> Vec<Released> {
@@ -173,6 +197,21 @@ mod tests {
         assert_eq!(seqs(r.poll(t0 + Duration::from_millis(500))), [-2, 4, 5]);
         // Too late now: a retransmission of 2 is dropped.
         assert!(r.push(pkt(2), t0 + Duration::from_millis(600)).is_empty());
+    }
+
+    #[test]
+    fn a_final_gap_is_given_up_at_once() {
+        let t0 = Instant::now();
+        let mut r = Reorder::new(Duration::from_secs(1), 100);
+        r.push(pkt(1), t0);
+        assert!(r.push(pkt(3), t0).is_empty(), "2 may still come");
+        // The sender says nothing before 7 will come: 2 and 4-6 are given
+        // up without waiting, 3 goes out between them.
+        assert_eq!(seqs(r.push_after_gap(pkt(7), t0)), [-1, 3, -3, 7]);
+        assert_eq!(r.deadline(), None);
+        assert_eq!(seqs(r.push(pkt(8), t0)), [8]);
+        // With nothing missing it is an ordinary push.
+        assert_eq!(seqs(r.push_after_gap(pkt(9), t0)), [9]);
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct Splice {
     /// sent before.
     tie: Option<Tie>,
     said_waiting: bool,
+    /// The packet just mapped follows a gap that will never fill: the join
+    /// at a keyframe skipped what the old parent did not send.
+    gap_before: bool,
 }
 
 /// A packet that went out: its payload's fingerprint and its numbers.
@@ -111,8 +114,16 @@ impl Splice {
         self.said_waiting = false;
     }
 
+    /// Whether the packet [`Splice::map`] just sent follows a gap that will
+    /// never fill (a join at a keyframe): a consumer in this process that
+    /// waits for holes to fill (the recorder) need not wait for this one.
+    pub fn gap_before(&self) -> bool {
+        self.gap_before
+    }
+
     /// The packet as children should see it.
     pub fn map<'a>(&mut self, pkt: &'a Packet, codec: Codec, now: Instant) -> Mapped<'a> {
+        self.gap_before = false;
         if self.resync {
             if let Some(wait) = self.join(pkt, codec, now) {
                 return wait;
@@ -203,6 +214,7 @@ impl Splice {
                     let ticks = (since.as_secs_f64() * f64::from(codec.clock_rate())) as u32;
                     self.seq_offset = seq.wrapping_add(2).wrapping_sub(in_seq);
                     self.ts_offset = ts.wrapping_add(ticks).wrapping_sub(in_ts);
+                    self.gap_before = true;
                 }
             }
         }
@@ -407,6 +419,9 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         let got = out(&mut r, vp8(700, 40, 10, 0, true), Codec::Vp8, t1);
         assert_eq!(got, Some((last_seq + 2, last_ts + 45_000)));
+        assert!(r.gap_before(), "the gap is final");
+        out(&mut r, vp8(701, 40, 10, 1, true), Codec::Vp8, t1);
+        assert!(!r.gap_before(), "only before the join");
     }
 
     #[test]

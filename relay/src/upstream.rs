@@ -92,13 +92,15 @@ impl Upstream {
         }
         let spec = TrackSpec {
             codec,
+            fmtp: codec_info.sdp_fmtp_line.clone(),
             stream_id: track.stream_id().await,
             track_id: track.track_id().await,
         };
         info!(
-            "upstream track {} ({}, stream {})",
+            "upstream track {} ({} {}, stream {})",
             spec.track_id,
             codec.mime(),
+            spec.fmtp,
             spec.stream_id
         );
         let hub_track = hub.track(spec);

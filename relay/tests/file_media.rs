@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 use relay::media::Codec;
-use relay::record::IvfRecorder;
+use relay::record::Recorder;
 use relay::source::{
     AudioFile, Frame, Schedule, SourceError, TrackKind, TrackPacketizer, VideoFile,
 };
@@ -654,7 +654,7 @@ fn record(
 ) -> (VideoFile, u64, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.ivf");
-    let mut rec = IvfRecorder::create(&path, codec).unwrap();
+    let mut rec = Recorder::create(&path, codec).unwrap();
     let mut reported = 0;
     for p in packets {
         for info in rec.push(&p).unwrap() {
@@ -841,7 +841,7 @@ fn killed_recorder_leaves_a_readable_file() {
     let v = VideoFile::open(vp8_path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("killed.ivf");
-    let mut rec = IvfRecorder::create(&path, Codec::Vp8).unwrap();
+    let mut rec = Recorder::create(&path, Codec::Vp8).unwrap();
     for (i, p) in packetize_file(&v, 1) {
         if i == 40 {
             break;
@@ -1105,7 +1105,7 @@ proptest! {
         ),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut rec = IvfRecorder::create(dir.path().join("fuzz.ivf"), codec).unwrap();
+        let mut rec = Recorder::create(dir.path().join("fuzz.ivf"), codec).unwrap();
         let mut seq = 0u16;
         for (jump, ts, marker, payload) in packets {
             // Mostly contiguous, sometimes jumping.

@@ -10,7 +10,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use rtc::rtp::codec::{
-    av1::Av1Payloader, opus::OpusPayloader, vp8::Vp8Payloader, vp9::Vp9Payloader,
+    av1::Av1Payloader, h264::H264Payloader, opus::OpusPayloader, vp8::Vp8Payloader,
+    vp9::Vp9Payloader,
 };
 use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
@@ -66,6 +67,7 @@ impl TrackPacketizer {
             }
             Codec::Vp9 => Box::<Vp9Payloader>::default(),
             Codec::Av1 => Box::<Av1Payloader>::default(),
+            Codec::H264 => Box::<H264Payloader>::default(),
             Codec::Opus => Box::<OpusPayloader>::default(),
         };
         TrackPacketizer {
