@@ -9,4 +9,5 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+mod tls;
 pub mod tree;
