@@ -12,11 +12,13 @@ mod admission;
 mod connection;
 mod ice;
 mod listener;
+mod liveness;
 mod metrics;
 mod registry;
 mod tls;
 mod turn;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,12 +40,12 @@ use crate::protocol::{Event, IceServer, ProtocolError};
 use admission::guard::FIRST_REQUEST_DEADLINE;
 use admission::IpCounts;
 use connection::Outbox;
-pub use connection::PROBE_DEADLINE;
 pub use ice::{lacks_credentials, parse_ice_url, IceUrlError, IceUrlProblem};
 use listener::{ClientAddr, Incoming, TCP_PER_WEBSOCKET};
+pub use liveness::PROBE_DEADLINE;
 use metrics::Metrics;
 pub use registry::TokenKey;
-use registry::{Effects, Registry};
+use registry::{Effects, PeerId, Registry, TreeId};
 pub use tls::{TlsIdentity, TlsPart};
 pub use turn::{TurnConfigError, TurnRest};
 
@@ -154,18 +156,62 @@ pub const DEFAULT_MAX_CONNS_PER_IP: u32 = 64;
 
 struct Shared {
     cfg: ServerConfig,
-    registry: Mutex<Registry>,
+    peers: Mutex<Peers>,
     metrics: Metrics,
     shutdown: CancellationToken,
     ip_counts: IpCounts,
+}
+
+/// The registry decides and names peers by id; each connected peer's
+/// queue is kept beside it, under the same lock, so that effects find
+/// their queues in the same critical section that made them.
+struct Peers {
+    registry: Registry,
+    outboxes: HashMap<PeerId, Outbox>,
+}
+
+/// Effects with their peers' queues looked up, to carry out once the lock
+/// is released.
+struct Delivery {
+    out: Vec<(Outbox, Event)>,
+    grace: Option<(TreeId, u64)>,
+    joins: u64,
+}
+
+impl Peers {
+    fn route(&self, fx: Effects) -> Delivery {
+        // The registry names only connected peers, and a peer's queue goes
+        // only after the registry forgot it, so every lookup succeeds.
+        let out = fx
+            .out
+            .into_iter()
+            .filter_map(|(peer, ev)| Some((self.outboxes.get(&peer)?.clone(), ev)))
+            .collect();
+        Delivery {
+            out,
+            grace: fx.grace,
+            joins: fx.joins,
+        }
+    }
 }
 
 impl Shared {
     /// A panic while the lock was held cannot leave the registry half-updated
     /// in a way later requests could not cope with (each request validates
     /// before it mutates), so keep serving rather than poison every peer.
-    fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    fn peers(&self) -> MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one decision of the registry under the lock and carries out
+    /// what it caused after.
+    fn apply(self: &Arc<Self>, decide: impl FnOnce(&mut Registry) -> Effects) {
+        let delivery = {
+            let mut st = self.peers();
+            let fx = decide(&mut st.registry);
+            st.route(fx)
+        };
+        self.deliver(delivery);
     }
 
     /// Tells a peer why its message was refused, and counts it.
@@ -174,27 +220,28 @@ impl Shared {
         to.push(&err.to_event());
     }
 
-    /// Carries out what a request caused, after the lock is released.
-    fn apply(self: &Arc<Self>, fx: Effects) {
-        self.metrics.joins.inc_by(fx.joins);
-        for (outbox, ev) in fx.out {
+    fn deliver(self: &Arc<Self>, d: Delivery) {
+        self.metrics.joins.inc_by(d.joins);
+        for (outbox, ev) in d.out {
             if let Event::Error(e) = &ev {
                 self.metrics.error(e.code);
             }
             outbox.push(&ev);
         }
-        if let Some((tree, epoch)) = fx.grace {
+        if let Some((tree, epoch)) = d.grace {
             let shared = self.clone();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(shared.cfg.grace) => {}
                     _ = shared.shutdown.cancelled() => return,
                 }
-                let fx = shared.registry().grace_expired(&tree, epoch);
-                if !fx.out.is_empty() {
-                    info!(tree = %tree, "source did not reclaim within the grace period; tree closed");
-                }
-                shared.apply(fx);
+                shared.apply(|reg| {
+                    let fx = reg.grace_expired(&tree, epoch);
+                    if !fx.out.is_empty() {
+                        info!(tree = %tree, "source did not reclaim within the grace period; tree closed");
+                    }
+                    fx
+                });
             });
         }
     }
@@ -302,9 +349,22 @@ async fn serve_checked(
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let registry = Registry::new(
+        registry::Settings {
+            k: cfg.k,
+            k1: cfg.k1,
+            grace: cfg.grace,
+            token_key: cfg.token_key.clone(),
+        },
+        std::time::Instant::now(),
+        Box::new(|| new_id(16)),
+    );
     let shared = Arc::new(Shared {
         cfg,
-        registry: Mutex::new(Registry::default()),
+        peers: Mutex::new(Peers {
+            registry,
+            outboxes: HashMap::new(),
+        }),
         metrics: Metrics::new(),
         shutdown: CancellationToken::new(),
         ip_counts: IpCounts::default(),
@@ -358,7 +418,7 @@ async fn client_js() -> Response {
 }
 
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
-    let gauges = shared.registry().gauges();
+    let gauges = shared.peers().registry.gauges();
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         shared.metrics.render(&gauges),
@@ -367,7 +427,7 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn tree_snapshot(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    let snap = shared.registry().snapshot(&id);
+    let snap = shared.peers().registry.snapshot(&id);
     match snap {
         Some(s) => axum::Json(s).into_response(),
         None => (

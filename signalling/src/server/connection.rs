@@ -13,6 +13,7 @@ use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::liveness::{Dead, Liveness, PROBE_DEADLINE};
 use super::registry::PeerId;
 use super::{new_id, turn, Shared};
 use crate::protocol::{ErrorCode, Event, Hello, ProtocolError, Request, VERSION};
@@ -24,19 +25,12 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// One peer's outgoing queue, and the switch that drops it when it lags.
 #[derive(Clone)]
-pub(crate) struct Outbox {
+pub(super) struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     kill: CancellationToken,
-    /// Asks the connection to check its peer now ([`PROBE_DEADLINE`]).
+    /// Asks the connection to check its peer now ([`super::PROBE_DEADLINE`]).
     probe: Arc<Notify>,
 }
-
-/// A peer checked because a child said it went silent (a `reconnect`) must
-/// answer a WebSocket ping within this, or it is removed (protocol rule 5).
-/// The regular pings take up to two intervals (10 s by default) to find a
-/// frozen peer, and a child with nowhere else to go waited that long; a
-/// live peer answers in a round trip.
-pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 
 impl Outbox {
     pub(super) fn probe(&self) {
@@ -124,16 +118,17 @@ pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
             SystemTime::now(),
         ),
     }));
-    shared.registry().connect(peer.clone(), me.clone());
+    {
+        let mut st = shared.peers();
+        st.registry.connect(peer.clone());
+        st.outboxes.insert(peer.clone(), me.clone());
+    }
     debug!(peer = %peer, "connected");
 
     let (mut sink, mut stream) = socket.split();
     let mut ping = interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_pong = Instant::now();
-    // A check in progress: its ping went out then, and must be answered by
-    // PROBE_DEADLINE after.
-    let mut probing: Option<Instant> = None;
+    let mut live = Liveness::new(Instant::now(), cfg.ping_interval);
     let mut limit = RateLimit::new(cfg.rate);
     let mut malformed = 0u32;
 
@@ -157,8 +152,8 @@ pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
                     break Exit::Gone;
                 }
             }
-            _ = probe.notified(), if probing.is_none() => {
-                probing = Some(Instant::now());
+            _ = probe.notified(), if !live.is_checking() => {
+                live.start_check(Instant::now());
                 let sent = tokio::select! {
                     r = sink.send(Message::Ping(Default::default())) => r,
                     _ = kill.cancelled() => continue,
@@ -167,17 +162,16 @@ pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
                     break Exit::Gone;
                 }
             }
-            _ = sleep_until(probing.map_or_else(Instant::now, |t| t + PROBE_DEADLINE)),
-                if probing.is_some() =>
+            _ = sleep_until(live.check_deadline().unwrap_or_else(Instant::now)),
+                if live.is_checking() =>
             {
-                if probing.is_some_and(|t| last_pong < t) {
+                if live.check_expired() == Err(Dead::FailedCheck) {
                     info!(peer = %peer, "a child said it went silent, and it did not answer a ping within {PROBE_DEADLINE:?}; removing");
                     break Exit::Gone;
                 }
-                probing = None;
             }
             _ = ping.tick() => {
-                if last_pong.elapsed() > 2 * cfg.ping_interval {
+                if live.tick(Instant::now()) == Err(Dead::Silent) {
                     info!(peer = %peer, "no pong within two ping intervals; removing");
                     break Exit::Gone;
                 }
@@ -204,7 +198,7 @@ pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
                         break Exit::Gone;
                     }
                     Some(Ok(Message::Pong(_))) => {
-                        last_pong = Instant::now();
+                        live.pong(Instant::now());
                         continue;
                     }
                     Some(Ok(Message::Ping(_))) => continue,
@@ -233,8 +227,7 @@ pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
                 let result = match parsed {
                     Ok(req) => {
                         malformed = 0;
-                        let r = shared.registry().handle(cfg, &peer, req);
-                        r.map(|fx| shared.apply(fx))
+                        dispatch(&shared, &peer, req)
                     }
                     Err(e) => {
                         malformed += 1;
@@ -252,8 +245,8 @@ pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
         }
     };
 
-    let fx = shared.registry().disconnect(&peer);
-    shared.apply(fx);
+    shared.apply(|reg| reg.disconnect(&peer));
+    shared.peers().outboxes.remove(&peer);
     debug!(peer = %peer, "disconnected");
     if let Exit::Close(code, reason) = exit {
         // Best effort: what is queued (the error that explains the close),
@@ -270,6 +263,35 @@ pub(super) async fn run(shared: Arc<Shared>, socket: WebSocket) {
         })
         .await;
     }
+}
+
+/// Hands a request to the registry's method for its type and carries out
+/// what it caused; `Err` is the refusal to send back.
+fn dispatch(shared: &Arc<Shared>, peer: &PeerId, req: Request) -> Result<(), ProtocolError> {
+    let delivery = {
+        let mut st = shared.peers();
+        let reg = &mut st.registry;
+        let (check, result) = match req {
+            Request::Create(c) => (None, reg.create(peer, c)),
+            Request::Join(j) => (None, reg.join(peer, j)),
+            Request::Signal(s) => (None, reg.signal(peer, s)),
+            Request::Reconnect => {
+                let r = reg.reconnect(peer);
+                (r.check, r.result)
+            }
+            Request::Leave => (None, reg.leave(peer)),
+            Request::Reclaim(r) => (None, reg.reclaim(peer, r, std::time::Instant::now())),
+            Request::Stats(s) => (None, Ok(reg.stats(peer, s))),
+            Request::Reach(r) => (None, reg.reach(peer, r)),
+        };
+        // Only wakes the peer's task, which sends the ping itself.
+        if let Some(outbox) = check.and_then(|p| st.outboxes.get(&p)) {
+            outbox.probe();
+        }
+        st.route(result?)
+    };
+    shared.deliver(delivery);
+    Ok(())
 }
 
 /// Writes `first` and whatever else is already queued, then flushes once.
