@@ -1006,8 +1006,14 @@ mod tests {
 
         // The new source dies too and this time nobody comes back.
         let fx = reg.disconnect(&s2);
-        let (_, epoch) = fx.grace.expect("grace timer");
+        let (_, second) = fx.grace.expect("grace timer");
         let fx = reg.grace_expired(&grace_tree, epoch);
+        assert!(
+            fx.out.is_empty(),
+            "the first timer still belongs to the first death"
+        );
+        assert!(reg.snapshot(&tree).is_some());
+        let fx = reg.grace_expired(&grace_tree, second);
         assert_eq!(
             to(&fx, "a"),
             [ev(
