@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::CertificateDer;
+#[cfg(feature = "server")]
 use rustls::pki_types::PrivateKeyDer;
 
 /// Why a PEM file gave nothing usable. Each side maps it onto its own
@@ -34,6 +35,7 @@ pub(crate) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+#[cfg(feature = "server")]
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in the PEM file at `path`.
 pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
     let bytes = std::fs::read(path).map_err(PemError::Read)?;
