@@ -16,8 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -27,6 +25,7 @@ use crate::protocol::{
     Create, Created, ErrorMsg, Event, Hello, Join, Joined, Parent, Reach, Reclaim, Request, Role,
     SignalTo, Stats,
 };
+use crate::tls::{self, PemError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -526,21 +525,19 @@ fn tls_config(url: &str, ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientCon
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca_cert {
-        let pem = std::fs::read(path).map_err(|source| ClientError::CaCertRead {
-            path: path.to_owned(),
-            source,
-        })?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ClientError::CaCertPem {
+        let certs = tls::certificates(path).map_err(|e| match e {
+            PemError::Read(source) => ClientError::CaCertRead {
                 path: path.to_owned(),
                 source,
-            })?;
-        if certs.is_empty() {
-            return Err(ClientError::NoCaCert {
+            },
+            PemError::Pem(source) => ClientError::CaCertPem {
                 path: path.to_owned(),
-            });
-        }
+                source,
+            },
+            PemError::Missing => ClientError::NoCaCert {
+                path: path.to_owned(),
+            },
+        })?;
         for cert in certs {
             roots
                 .add(cert)
@@ -550,20 +547,15 @@ fn tls_config(url: &str, ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientCon
                 })?;
         }
     }
-    // The provider is named rather than taken from the process default:
-    // which providers rustls has compiled in depends on the rest of the
-    // build, and with two of them the default is ambiguous.
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    // Only fails for a provider without cipher suites; ring has them.
-    .map_err(|source| ClientError::Tls {
-        url: url.to_owned(),
-        source,
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        // Only fails for a provider without cipher suites; ring has them.
+        .map_err(|source| ClientError::Tls {
+            url: url.to_owned(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
