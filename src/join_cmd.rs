@@ -15,7 +15,7 @@ use crate::media_cmd::{data_out, report_exit, udp_addrs, SignalTls};
 use crate::shutdown_signal;
 
 #[derive(Args)]
-pub struct JoinArgs {
+pub(crate) struct JoinArgs {
     /// The tree to join, as `source` printed it.
     #[arg(allow_hyphen_values = true)]
     tree: String,
@@ -49,7 +49,7 @@ pub struct JoinArgs {
     silence: Duration,
 }
 
-pub async fn run(args: JoinArgs) -> Result<()> {
+pub(crate) async fn run(args: JoinArgs) -> Result<()> {
     let udp = udp_addrs(&args.signal, &args.udp_addrs)?;
     let data_out = args.data_out.as_deref().map(data_out).transpose()?;
     let (client, events) = args.tls.connect(&args.signal).await?;

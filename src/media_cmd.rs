@@ -19,7 +19,7 @@ use tracing::{info, warn};
 /// How to trust a `wss://` signalling server; flattened into `source` and
 /// `join`.
 #[derive(Args)]
-pub struct SignalTls {
+pub(crate) struct SignalTls {
     /// PEM file with the CA certificate (or the self-signed certificate
     /// itself) of a wss:// --signal server whose certificate is not from a
     /// public CA. Public CAs (Mozilla's list, built in) are always trusted.
@@ -36,12 +36,12 @@ impl SignalTls {
     }
 
     /// Connects to the signalling server at `url` (ws:// or wss://).
-    pub async fn connect(&self, url: &str) -> Result<(Client, Events)> {
+    pub(crate) async fn connect(&self, url: &str) -> Result<(Client, Events)> {
         Ok(Client::connect_with(url, self.options()).await?)
     }
 
     /// How a node reconnects to `url` after losing it, taking `seat` again.
-    pub fn rejoin(&self, url: &str, seat: Seat) -> Rejoin {
+    pub(crate) fn rejoin(&self, url: &str, seat: Seat) -> Rejoin {
         let (url, opts) = (url.to_owned(), self.options());
         Rejoin {
             connect: Box::new(move || {
@@ -62,7 +62,7 @@ const REJOIN_FOR: Duration = Duration::from_secs(60);
 /// signalling server is on loopback (nothing else could reach it anyway, and
 /// webrtc-rs skips loopback when it binds every interface); `--udp-addr`
 /// wins over both.
-pub fn udp_addrs(signal_url: &str, explicit: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
+pub(crate) fn udp_addrs(signal_url: &str, explicit: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
     if !explicit.is_empty() {
         return Ok(explicit.to_vec());
     }
@@ -83,7 +83,7 @@ pub fn udp_addrs(signal_url: &str, explicit: &[SocketAddr]) -> Result<Vec<Socket
 
 /// `--data-out -|FILE`: one line per message; text as it came, binary as
 /// `base64:` and its bytes in base64, so every message stays one line.
-pub fn data_out(target: &str) -> Result<mpsc::UnboundedSender<DataMsg>> {
+pub(crate) fn data_out(target: &str) -> Result<mpsc::UnboundedSender<DataMsg>> {
     let mut out: Box<dyn Write + Send> = if target == "-" {
         Box::new(std::io::stdout())
     } else {
@@ -114,7 +114,7 @@ pub fn data_out(target: &str) -> Result<mpsc::UnboundedSender<DataMsg>> {
 }
 
 /// Says why the node stopped. Both ends are a normal exit (status 0).
-pub fn report_exit(exit: Exit) {
+pub(crate) fn report_exit(exit: Exit) {
     match exit {
         Exit::TreeClosed(reason) => {
             info!("the tree was closed ({reason}); exiting");

@@ -16,7 +16,7 @@ use tracing::info;
 use crate::shutdown_signal;
 
 #[derive(Args)]
-pub struct SignalArgs {
+pub(crate) struct SignalArgs {
     /// Address and port for HTTP and WebSocket (`/ws`). Use 0.0.0.0:8080 to
     /// accept peers from other machines.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -97,7 +97,7 @@ pub struct SignalArgs {
 }
 
 impl SignalArgs {
-    pub fn config(&self) -> Result<ServerConfig> {
+    pub(crate) fn config(&self) -> Result<ServerConfig> {
         let ice_servers = self
             .ice_servers
             .iter()
@@ -194,7 +194,7 @@ fn origin(text: &str) -> Result<String> {
     Ok(trimmed.to_ascii_lowercase())
 }
 
-pub async fn run(args: SignalArgs) -> Result<()> {
+pub(crate) async fn run(args: SignalArgs) -> Result<()> {
     let cfg = args.config()?;
     let listener = server::bind(args.listen).with_context(|| {
         format!(

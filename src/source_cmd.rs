@@ -26,7 +26,7 @@ use crate::media_cmd::{report_exit, udp_addrs, SignalTls};
 use crate::shutdown_signal;
 
 #[derive(Args)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// IVF file with VP8, VP9 or AV1 video.
     #[arg(long, value_name = "VIDEO.ivf", required_unless_present = "rtp")]
     file: Option<PathBuf>,
@@ -144,7 +144,7 @@ impl Input {
     }
 }
 
-pub async fn run(args: SourceArgs) -> Result<()> {
+pub(crate) async fn run(args: SourceArgs) -> Result<()> {
     let input = Input::open(&args).await?;
 
     let mut _embedded: Option<ServerHandle> = None;

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 /// Socket inodes of a process, from /proc/<pid>/fd.
-pub fn socket_inodes(pid: u32) -> Option<HashSet<String>> {
+pub(crate) fn socket_inodes(pid: u32) -> Option<HashSet<String>> {
     descriptors(pid).map(|(sockets, _)| sockets)
 }
 
@@ -14,7 +14,7 @@ pub fn socket_inodes(pid: u32) -> Option<HashSet<String>> {
 /// of its sockets, and how many others it holds (files, pipes, eventfds,
 /// epoll and timer descriptors). One pass, so that the two agree with each
 /// other while descriptors come and go.
-pub fn descriptors(pid: u32) -> Option<(HashSet<String>, usize)> {
+pub(crate) fn descriptors(pid: u32) -> Option<(HashSet<String>, usize)> {
     let mut inodes = HashSet::new();
     let mut other = 0;
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {

@@ -21,7 +21,7 @@ use crate::common::Scratch;
 
 /// Set by CI: a machine without Chromium fails these tests instead of
 /// skipping them.
-pub const REQUIRE: &str = "PEER_TREE_REQUIRE_BROWSER";
+pub(crate) const REQUIRE: &str = "PEER_TREE_REQUIRE_BROWSER";
 
 /// Chromium's switches for tests on a machine that reaches nothing but
 /// loopback (DESIGN.md, "Loopback only"). The resolver rule keeps Chromium
@@ -53,7 +53,7 @@ const LOOPBACK_SWITCHES: &[&str] = &[
 
 /// Where a page's browser runs and how it shows itself to peers.
 #[derive(Clone, Debug, Default)]
-pub struct Where {
+pub(crate) struct Where {
     /// A lab host's network namespace (tests/netlab); None: this machine,
     /// on loopback.
     pub netns: Option<String>,
@@ -81,7 +81,7 @@ fn tool(var: &str, names: &[&str]) -> Option<PathBuf> {
 /// Every outside tool a browser test needs (`CHROMIUM` and `CHROMEDRIVER`
 /// override where Chromium and chromedriver are), or `None` (and a line saying the
 /// test was skipped) when one is missing and CI did not require them.
-pub fn tools(test: &str, also: &[&str]) -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn tools(test: &str, also: &[&str]) -> Option<(PathBuf, PathBuf)> {
     let chromium = tool(
         "CHROMIUM",
         &["chromium", "chromium-browser", "google-chrome"],
@@ -110,7 +110,7 @@ pub fn tools(test: &str, also: &[&str]) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// One chromedriver serving every page of a test.
-pub struct Chrome {
+pub(crate) struct Chrome {
     driver: Child,
     url: String,
     chromium: PathBuf,
@@ -120,7 +120,7 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    pub fn start(scratch: &Scratch, chromium: &Path, chromedriver: &Path) -> Chrome {
+    pub(crate) fn start(scratch: &Scratch, chromium: &Path, chromedriver: &Path) -> Chrome {
         // chromedriver cannot take port 0; a port the kernel just handed out
         // is free in practice.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -155,7 +155,7 @@ impl Chrome {
     }
 
     /// A new browser showing `url`, once its page has loaded.
-    pub async fn page(&self, name: &str, url: &str) -> Page {
+    pub(crate) async fn page(&self, name: &str, url: &str) -> Page {
         self.page_at(name, url, &Where::default()).await
     }
 
@@ -164,7 +164,7 @@ impl Chrome {
     /// chromedriver stays in this machine's namespace and drives the browser
     /// over a pipe (`--remote-debugging-pipe`), which needs no network
     /// between them.
-    pub async fn page_at(&self, name: &str, url: &str, at: &Where) -> Page {
+    pub(crate) async fn page_at(&self, name: &str, url: &str, at: &Where) -> Page {
         let n = self.pages.fetch_add(1, Ordering::Relaxed);
         let profile = self.profiles.join(format!("{n}-{name}"));
         std::fs::create_dir_all(&profile).expect("profile dir");
@@ -242,7 +242,7 @@ impl Drop for Chrome {
 /// What the tests read of the watch page's `watch.state()`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PageState {
+pub(crate) struct PageState {
     pub peer: Option<String>,
     pub tree: Option<String>,
     pub depth: Option<u32>,
@@ -263,21 +263,21 @@ pub struct PageState {
     pub first_frame_ms: Option<f64>,
 }
 
-pub struct Page {
+pub(crate) struct Page {
     pub client: Client,
     pub name: String,
 }
 
 impl Page {
     /// Runs `script` as a function body; a returned promise is awaited.
-    pub async fn eval(&self, script: &str) -> Value {
+    pub(crate) async fn eval(&self, script: &str) -> Value {
         self.client
             .execute(script, vec![])
             .await
             .unwrap_or_else(|e| panic!("{}: script failed: {e}\n{script}", self.name))
     }
 
-    pub async fn state(&self) -> PageState {
+    pub(crate) async fn state(&self) -> PageState {
         let v = self
             .eval("return window.watch ? window.watch.state() : null")
             .await;
@@ -286,7 +286,7 @@ impl Page {
     }
 
     /// Data messages received so far that start with `prefix`.
-    pub async fn messages(&self, prefix: &str) -> Vec<String> {
+    pub(crate) async fn messages(&self, prefix: &str) -> Vec<String> {
         let v = self
             .eval(&format!(
                 "return window.watch.messages.filter(m => m.startsWith({}))",
@@ -296,7 +296,7 @@ impl Page {
         serde_json::from_value(v).expect("messages are strings")
     }
 
-    pub async fn click(&self, id: &str) {
+    pub(crate) async fn click(&self, id: &str) {
         self.client
             .find(Locator::Id(id))
             .await
@@ -308,14 +308,14 @@ impl Page {
 
     /// Closes the page's window, which ends its browser: its WebSocket and
     /// peer connections go with it, as when a viewer closes the tab.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.client.close_window().await;
         let _ = self.client.close().await;
     }
 }
 
 /// Polls `f` every 50 ms until it returns Some, failing after `within`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

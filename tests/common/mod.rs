@@ -9,27 +9,27 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_peer-tree-relay");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_peer-tree-relay");
 
 /// The sample committed with the project.
-pub fn sample(name: &str) -> PathBuf {
+pub(crate) fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples/media")
         .join(name)
 }
 
 /// A scratch directory for one test, removed at the end.
-pub struct Scratch(pub PathBuf);
+pub(crate) struct Scratch(pub PathBuf);
 
 impl Scratch {
-    pub fn new(name: &str) -> Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("ptr-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
@@ -44,7 +44,7 @@ impl Drop for Scratch {
 
 /// A child process killed on drop; its stderr goes to `<name>.log` in the
 /// scratch directory (kept when a test fails), its stdout lines to a channel.
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Child,
     pub name: String,
     pub stdout: mpsc::Receiver<String>,
@@ -53,7 +53,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(scratch: &Scratch, name: &str, args: &[&str], stdin: bool) -> Proc {
+    pub(crate) fn spawn(scratch: &Scratch, name: &str, args: &[&str], stdin: bool) -> Proc {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env(
             "RUST_LOG",
@@ -65,7 +65,12 @@ impl Proc {
     /// Any command (the binary inside a lab host, a browser, a TURN server),
     /// with the same care: stderr to `<name>.log`, stdout lines to a channel,
     /// killed on drop.
-    pub fn spawn_command(scratch: &Scratch, name: &str, mut cmd: Command, stdin: bool) -> Proc {
+    pub(crate) fn spawn_command(
+        scratch: &Scratch,
+        name: &str,
+        mut cmd: Command,
+        stdin: bool,
+    ) -> Proc {
         let log = scratch.path(&format!("{name}.log"));
         let err = std::fs::File::create(&log).expect("log file");
         let mut child = cmd
@@ -93,7 +98,7 @@ impl Proc {
     }
 
     /// The next stdout line starting with `prefix`, within `within`.
-    pub fn line(&self, prefix: &str, within: Duration) -> String {
+    pub(crate) fn line(&self, prefix: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -109,7 +114,7 @@ impl Proc {
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
             let _ = f.read_to_string(&mut s);
@@ -118,7 +123,7 @@ impl Proc {
     }
 
     /// Waits for the process to end by itself.
-    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
@@ -135,7 +140,7 @@ impl Proc {
     }
 
     /// Sends a signal by name (`INT`, `STOP`, `CONT`, ...).
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let sent = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
@@ -143,7 +148,7 @@ impl Proc {
         assert!(sent.success(), "kill -{sig} {}", self.name);
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -173,7 +178,7 @@ impl Drop for Proc {
 const LOG_TAIL: usize = 30;
 
 /// A signalling server on a free loopback port; returns it and its ws URL.
-pub fn signal_server(scratch: &Scratch, extra: &[&str]) -> (Proc, String) {
+pub(crate) fn signal_server(scratch: &Scratch, extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["signal", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let p = Proc::spawn(scratch, "signal", &args, false);
@@ -183,7 +188,7 @@ pub fn signal_server(scratch: &Scratch, extra: &[&str]) -> (Proc, String) {
 }
 
 /// Polls `f` every 20 ms until it returns Some, failing after `within`.
-pub fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
@@ -199,18 +204,18 @@ pub fn until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) 
 
 /// IVF frames of a file that may still be growing: a partial last frame is
 /// left out rather than treated as corruption.
-pub fn ivf_frames(path: &Path) -> Vec<Vec<u8>> {
+pub(crate) fn ivf_frames(path: &Path) -> Vec<Vec<u8>> {
     ivf_frames_timed(path).into_iter().map(|(_, f)| f).collect()
 }
 
 /// A source looping `video` with one child slot and its data channel fed
 /// from stdin; returns it and its tree id.
-pub fn looping_source(s: &Scratch, url: &str, video: &Path) -> (Proc, String) {
+pub(crate) fn looping_source(s: &Scratch, url: &str, video: &Path) -> (Proc, String) {
     looping_source_k1(s, url, video, 1)
 }
 
 /// `looping_source` with `k1` child slots.
-pub fn looping_source_k1(s: &Scratch, url: &str, video: &Path, k1: u32) -> (Proc, String) {
+pub(crate) fn looping_source_k1(s: &Scratch, url: &str, video: &Path, k1: u32) -> (Proc, String) {
     let mut args = looping_source_args(url, video, k1);
     args.extend(["--data-in".to_owned(), "-".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -220,7 +225,7 @@ pub fn looping_source_k1(s: &Scratch, url: &str, video: &Path, k1: u32) -> (Proc
 }
 
 /// `source` looping `video` into a tree of `url`'s server with `k1` slots.
-pub fn looping_source_args(url: &str, video: &Path, k1: u32) -> Vec<String> {
+pub(crate) fn looping_source_args(url: &str, video: &Path, k1: u32) -> Vec<String> {
     [
         "source",
         "--file",
@@ -236,7 +241,7 @@ pub fn looping_source_args(url: &str, video: &Path, k1: u32) -> Vec<String> {
 }
 
 /// The tree id a source prints on its `tree:` line.
-pub fn tree_id(src: &Proc) -> String {
+pub(crate) fn tree_id(src: &Proc) -> String {
     src.line("tree:", Duration::from_secs(30))
         .trim_start_matches("tree:")
         .trim()
@@ -244,7 +249,14 @@ pub fn tree_id(src: &Proc) -> String {
 }
 
 /// A relay joining `tree`, once its log shows `ready`.
-pub fn relay(s: &Scratch, name: &str, url: &str, tree: &str, extra: &[&str], ready: &str) -> Proc {
+pub(crate) fn relay(
+    s: &Scratch,
+    name: &str,
+    url: &str,
+    tree: &str,
+    extra: &[&str],
+    ready: &str,
+) -> Proc {
     let mut args = vec!["join", tree, "--signal", url];
     args.extend_from_slice(extra);
     let p = Proc::spawn(s, name, &args, false);
@@ -254,12 +266,12 @@ pub fn relay(s: &Scratch, name: &str, url: &str, tree: &str, extra: &[&str], rea
     p
 }
 
-pub fn log_has(p: &Proc, needle: &str) -> Option<()> {
+pub(crate) fn log_has(p: &Proc, needle: &str) -> Option<()> {
     p.log_text().contains(needle).then_some(())
 }
 
 /// The peer id a relay's log gives for itself ("joined tree T as relay P").
-pub fn relay_peer(p: &Proc) -> String {
+pub(crate) fn relay_peer(p: &Proc) -> String {
     let log = p.log_text();
     let at = log
         .find(" as relay ")
@@ -272,7 +284,7 @@ pub fn relay_peer(p: &Proc) -> String {
 }
 
 /// `host:port` of a `ws://host:port/ws` URL.
-pub fn http_addr(ws_url: &str) -> String {
+pub(crate) fn http_addr(ws_url: &str) -> String {
     ws_url
         .trim_start_matches("ws://")
         .trim_end_matches("/ws")
@@ -285,7 +297,7 @@ pub fn http_addr(ws_url: &str) -> String {
 /// back. Where the new parent no longer held the frames missed during a
 /// heal, the recording skips ahead once, to a keyframe. Returns the frames
 /// skipped that way.
-pub fn assert_spliced_run_of_file(
+pub(crate) fn assert_spliced_run_of_file(
     recorded: &[Vec<u8>],
     file: &[relay::source::Frame],
     heals: usize,
@@ -323,7 +335,7 @@ pub fn assert_spliced_run_of_file(
 /// Asserts `recorded` is an unbroken run of `file`'s frames, byte for byte,
 /// wrapping around as a looping source does; returns the file index of the
 /// first one. A lost or altered frame anywhere fails.
-pub fn assert_run_of_file(
+pub(crate) fn assert_run_of_file(
     recorded: &[Vec<u8>],
     file: &[relay::source::Frame],
     what: &str,
@@ -347,7 +359,7 @@ pub fn assert_run_of_file(
 
 /// An unbroken run of a looping file's frames in a recording.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Run {
+pub(crate) struct Run {
     /// The file index of its first frame.
     pub from: usize,
     /// Frames in it.
@@ -357,7 +369,7 @@ pub struct Run {
 /// Splits a recording into its unbroken runs of the file's frames, byte for
 /// byte and wrapping around as a looping source does. A recorded frame that
 /// is not one of the file's fails.
-pub fn runs_of(recorded: &[Vec<u8>], file: &[relay::source::Frame], what: &str) -> Vec<Run> {
+pub(crate) fn runs_of(recorded: &[Vec<u8>], file: &[relay::source::Frame], what: &str) -> Vec<Run> {
     let index: std::collections::HashMap<&[u8], usize> = file
         .iter()
         .enumerate()
@@ -379,14 +391,14 @@ pub fn runs_of(recorded: &[Vec<u8>], file: &[relay::source::Frame], what: &str) 
 }
 
 /// One line to a source's `--data-in -`.
-pub fn feed(stdin: &mut ChildStdin, line: &str) {
+pub(crate) fn feed(stdin: &mut ChildStdin, line: &str) {
     writeln!(stdin, "{line}").expect("write to the source's --data-in");
     stdin.flush().expect("flush --data-in");
 }
 
 /// Sends `n` numbered lines (`msg-0000`, ...), `gap` apart; returns what
 /// every receiver owes.
-pub fn send_numbered_every(stdin: &mut ChildStdin, n: usize, gap: Duration) -> Vec<String> {
+pub(crate) fn send_numbered_every(stdin: &mut ChildStdin, n: usize, gap: Duration) -> Vec<String> {
     let lines: Vec<String> = (0..n).map(|i| format!("msg-{i:04}")).collect();
     for l in &lines {
         feed(stdin, l);
@@ -396,12 +408,12 @@ pub fn send_numbered_every(stdin: &mut ChildStdin, n: usize, gap: Duration) -> V
 }
 
 /// Sends `n` numbered lines 2 ms apart.
-pub fn send_numbered(stdin: &mut ChildStdin, n: usize) -> Vec<String> {
+pub(crate) fn send_numbered(stdin: &mut ChildStdin, n: usize) -> Vec<String> {
     send_numbered_every(stdin, n, Duration::from_millis(2))
 }
 
 /// The lines of a `--data-out` file that start with `prefix`.
-pub fn data_lines(path: &Path, prefix: &str) -> Vec<String> {
+pub(crate) fn data_lines(path: &Path, prefix: &str) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -411,7 +423,7 @@ pub fn data_lines(path: &Path, prefix: &str) -> Vec<String> {
 }
 
 /// `/api/trees/{tree}` of the server behind `ws_url`.
-pub async fn tree_snapshot(ws_url: &str, tree: &str) -> serde_json::Value {
+pub(crate) async fn tree_snapshot(ws_url: &str, tree: &str) -> serde_json::Value {
     let addr = http_addr(ws_url);
     let (status, body) =
         signalling::client::http_get(&addr, &format!("/api/trees/{tree}"), Duration::from_secs(5))
@@ -422,7 +434,7 @@ pub async fn tree_snapshot(ws_url: &str, tree: &str) -> serde_json::Value {
 }
 
 /// The parent of `peer` in a snapshot.
-pub fn parent_in(snapshot: &serde_json::Value, peer: &str) -> Option<String> {
+pub(crate) fn parent_in(snapshot: &serde_json::Value, peer: &str) -> Option<String> {
     snapshot["nodes"]
         .as_array()?
         .iter()
@@ -433,7 +445,7 @@ pub fn parent_in(snapshot: &serde_json::Value, peer: &str) -> Option<String> {
 
 /// How much of a looping source's stream a recording holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Coverage {
+pub(crate) struct Coverage {
     /// Source frames from the recording's first to its last, loops unwrapped.
     pub span: usize,
     /// Distinct source frames of that span the recording holds.
@@ -443,7 +455,7 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    pub fn percent(&self) -> f64 {
+    pub(crate) fn percent(&self) -> f64 {
         if self.span == 0 {
             return 0.0;
         }
@@ -453,7 +465,7 @@ impl Coverage {
 
 /// IVF frames of a growing file with their timestamps (in the file's
 /// timebase: the recorder's is 1/90000 s).
-pub fn ivf_frames_timed(path: &Path) -> Vec<(u64, Vec<u8>)> {
+pub(crate) fn ivf_frames_timed(path: &Path) -> Vec<(u64, Vec<u8>)> {
     let Ok(bytes) = std::fs::read(path) else {
         return Vec::new();
     };
@@ -486,7 +498,7 @@ pub fn ivf_frames_timed(path: &Path) -> Vec<(u64, Vec<u8>)> {
 /// clock going across loops, and the recorder writes it as IVF time; a
 /// replayed group's frames sit a millisecond apart, so they count as the
 /// next frames).
-pub fn coverage(
+pub(crate) fn coverage(
     recorded: &[(u64, Vec<u8>)],
     file: &relay::source::VideoFile,
     what: &str,
@@ -537,7 +549,7 @@ pub fn coverage(
 
 /// Decodes every frame of an IVF file with ffprobe: (codec, width, height,
 /// frames decoded). Any decoding error fails the test.
-pub fn decode_with_ffmpeg(path: &std::path::Path) -> (String, u32, u32, u64) {
+pub(crate) fn decode_with_ffmpeg(path: &std::path::Path) -> (String, u32, u32, u64) {
     let out = std::process::Command::new("ffprobe")
         .args([
             "-v",

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Set by CI: a machine where the lab cannot run fails these tests.
-pub const REQUIRE: &str = "PEER_TREE_REQUIRE_LAB";
+pub(crate) const REQUIRE: &str = "PEER_TREE_REQUIRE_LAB";
 
 /// Prefix of every namespace a lab makes; the test process's pid follows,
 /// so a later run can tell which labs belong to processes that are gone.
@@ -106,7 +106,7 @@ fn unavailable() -> Option<String> {
 
 /// A lab, or `None` (and a line saying the test was skipped) when this
 /// process cannot make one and CI did not require it.
-pub fn lab_or_skip(test: &str) -> Option<Lab> {
+pub(crate) fn lab_or_skip(test: &str) -> Option<Lab> {
     if let Some(why) = unavailable() {
         let what = format!("{test}: {why}");
         if std::env::var_os(REQUIRE).is_some_and(|v| v != "0") {
@@ -119,26 +119,26 @@ pub fn lab_or_skip(test: &str) -> Option<Lab> {
 }
 
 /// True if a program is on PATH (for optional lab tools such as coturn).
-pub fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 /// The namespaces of one test; all removed on drop.
-pub struct Lab {
+pub(crate) struct Lab {
     id: String,
     namespaces: Mutex<Vec<String>>,
     ports: AtomicU32,
 }
 
 /// An Ethernet segment: a bridge in a namespace of its own.
-pub struct Switch {
+pub(crate) struct Switch {
     ns: String,
 }
 
 /// How a router maps its inside hosts' ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Nat {
+pub(crate) enum Nat {
     /// `masquerade`: one mapping per inside address and port, whatever the
     /// destination, and the inside port kept when free (endpoint-independent
     /// mapping; filtering per destination, as conntrack does, and nothing
@@ -151,7 +151,7 @@ pub enum Nat {
 
 /// A host of the lab: one namespace with `eth0` (and `eth1` for routers).
 #[derive(Clone, Debug)]
-pub struct Host {
+pub(crate) struct Host {
     pub ns: String,
     pub name: String,
     /// The address on `eth0`.
@@ -170,7 +170,7 @@ fn cidr_addr(cidr: &str) -> Ipv4Addr {
 
 impl Lab {
     /// A new, empty lab. Use [`lab_or_skip`] first to know one can be made.
-    pub fn new() -> Lab {
+    pub(crate) fn new() -> Lab {
         sweep_stale_labs();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         Lab {
@@ -205,7 +205,7 @@ impl Lab {
     }
 
     /// A new Ethernet segment.
-    pub fn switch(&self, name: &str) -> Switch {
+    pub(crate) fn switch(&self, name: &str) -> Switch {
         let ns = self.netns(&format!("sw-{name}"));
         run("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         // Flood multicast (mDNS) like a plain switch instead of waiting for
@@ -250,7 +250,7 @@ impl Lab {
 
     /// A host on `sw` with `cidr` on its `eth0` and no default route: it
     /// reaches its own segment only, until [`Host::default_route`].
-    pub fn host(&self, name: &str, sw: &Switch, cidr: &str) -> Host {
+    pub(crate) fn host(&self, name: &str, sw: &Switch, cidr: &str) -> Host {
         let ns = self.netns(name);
         let port = self.plug(sw, &ns, "eth0", cidr);
         Host {
@@ -264,7 +264,7 @@ impl Lab {
     /// A NAT router: `eth0` outside on `outside` (its public address),
     /// `eth1` inside on `inside`. Inside hosts route through it with
     /// [`Host::default_route`] to its inside address.
-    pub fn router(
+    pub(crate) fn router(
         &self,
         name: &str,
         outside: (&Switch, &str),
@@ -316,14 +316,14 @@ impl Lab {
     /// its clients merely announced (a TURN server relaying checks to private
     /// host candidates) needs this: with no route at all its `sendto` fails
     /// with ENETUNREACH, which no server on the Internet sees.
-    pub fn internet(&self, sw: &Switch, cidr: &str) -> Host {
+    pub(crate) fn internet(&self, sw: &Switch, cidr: &str) -> Host {
         let host = self.host("internet", sw, cidr);
         host.run(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
         host
     }
 
     /// Names of this lab's namespaces, for logs.
-    pub fn namespaces(&self) -> Vec<String> {
+    pub(crate) fn namespaces(&self) -> Vec<String> {
         self.namespaces
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -334,21 +334,21 @@ impl Lab {
 impl Host {
     /// `program` run inside this host (`ip netns exec` execs it, so the
     /// child's pid is the program's own).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns]).arg(program);
         c
     }
 
     /// Runs a command inside this host; it must succeed.
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let mut all = vec!["netns", "exec", &self.ns];
         all.extend_from_slice(args);
         run("ip", &all)
     }
 
     /// Loads an nftables ruleset (added to what is there).
-    pub fn nft(&self, ruleset: &str) {
+    pub(crate) fn nft(&self, ruleset: &str) {
         run_with_input(
             "ip",
             &["netns", "exec", &self.ns, "nft", "-f", "-"],
@@ -359,7 +359,7 @@ impl Host {
     /// Routes everything not on its segment through `via` (a router's
     /// inside address, or any neighbour: on a lab segment the route only
     /// has to exist for multicast and for "is there a network" checks).
-    pub fn default_route(&self, via: Ipv4Addr) {
+    pub(crate) fn default_route(&self, via: Ipv4Addr) {
         let via = via.to_string();
         self.run(&["ip", "route", "add", "default", "via", &via]);
     }
@@ -368,7 +368,7 @@ impl Host {
     /// packet. The switch drops it, as a lossy network would: the sender's
     /// own stack sees nothing (a drop in the host's output chain would fail
     /// its `sendmsg` with EPERM, which no real network does).
-    pub fn drop_udp(&self, percent: u32) {
+    pub(crate) fn drop_udp(&self, percent: u32) {
         if percent == 0 {
             return;
         }
@@ -385,7 +385,7 @@ impl Host {
     }
 
     /// UDP packets [`Host::drop_udp`] dropped so far.
-    pub fn udp_dropped(&self) -> u64 {
+    pub(crate) fn udp_dropped(&self) -> u64 {
         let (sw, port) = &self.port;
         let table = format!("loss_{port}");
         let Some(out) = Command::new("ip")
@@ -407,7 +407,7 @@ impl Host {
     }
 
     /// Drops every packet to or from UDP port `port` (mDNS: 5353).
-    pub fn block_udp_port(&self, port: u16) {
+    pub(crate) fn block_udp_port(&self, port: u16) {
         self.nft(&format!(
             "table inet block{port} {{\n chain out {{\n  type filter hook output priority filter;\n  \
              udp dport {port} drop\n }}\n chain in {{\n  type filter hook input priority filter;\n  \
@@ -419,7 +419,7 @@ impl Host {
     /// its `eth0` for what it sends, and one on the switch's side of the
     /// cable for what it receives. Excess waits in a queue of about
     /// `queue_ms` and is then dropped, as on a slow access link.
-    pub fn rate_limit(&self, kbit: u32, queue_ms: u32) {
+    pub(crate) fn rate_limit(&self, kbit: u32, queue_ms: u32) {
         let rate = format!("{kbit}kbit");
         let latency = format!("{queue_ms}ms");
         // A burst of a few full packets: a bucket smaller than one MTU
@@ -442,7 +442,7 @@ impl Host {
 
     /// UDP datagrams this host's kernel counted as sent and received, and
     /// receive-buffer drops (`/proc/net/snmp` of its namespace).
-    pub fn udp_counters(&self) -> (u64, u64, u64) {
+    pub(crate) fn udp_counters(&self) -> (u64, u64, u64) {
         let out = self.run(&["cat", "/proc/net/snmp"]);
         let text = String::from_utf8_lossy(&out.stdout);
         let mut rows = text.lines().filter(|l| l.starts_with("Udp:"));
@@ -466,7 +466,7 @@ impl Host {
 
     /// GET `url` from inside this host: (status, body). None when nothing
     /// answered within `timeout`.
-    pub fn http_get(&self, url: &str, timeout: Duration) -> Option<(u16, String)> {
+    pub(crate) fn http_get(&self, url: &str, timeout: Duration) -> Option<(u16, String)> {
         let secs = format!("{:.1}", timeout.as_secs_f64());
         let out = self
             .command("curl")
@@ -483,7 +483,7 @@ impl Host {
     }
 
     /// Waits until `url` answers 200 from this host.
-    pub fn wait_http(&self, url: &str, within: Duration) {
+    pub(crate) fn wait_http(&self, url: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while self
             .http_get(url, Duration::from_secs(1))
@@ -574,7 +574,7 @@ impl Drop for Lab {
 /// ("closed (2nd stage) ... reason: general" in its log, "udp send: Network
 /// is unreachable" on its stderr, one for one), and a link that needed TURN
 /// never connected.
-pub fn coturn(host: &Host, secret: &str, dir: &Path) -> Command {
+pub(crate) fn coturn(host: &Host, secret: &str, dir: &Path) -> Command {
     let ip = host.addr.to_string();
     let mut c = host.command("turnserver");
     c.args([

@@ -23,7 +23,7 @@ use crate::media::Codec;
 /// Bytes of the fixed RTP header; these packets carry no CSRCs or extensions.
 const RTP_HEADER_LEN: usize = 12;
 /// MTUs below this are raised to it: the payloaders need room for their descriptors.
-pub const MIN_MTU: usize = 64;
+pub(super) const MIN_MTU: usize = 64;
 
 /// Turns one track's frames into RTP packets: one sequence-number space and one
 /// timestamp base for the track's whole life, across loops.

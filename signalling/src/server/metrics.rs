@@ -51,7 +51,7 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut registry = Registry::default();
         let m = Parts {
             joins: Counter::default(),
@@ -116,17 +116,17 @@ impl Metrics {
         }
     }
 
-    pub fn error(&self, code: ErrorCode) {
+    pub(super) fn error(&self, code: ErrorCode) {
         self.errors
             .get_or_create(&vec![("code", code.as_str())])
             .inc();
     }
 
-    pub fn refused(&self, reason: Refusal) {
+    pub(super) fn refused(&self, reason: Refusal) {
         self.refused.get_or_create(&reason.label()).inc();
     }
 
-    pub fn render(&self, g: &Gauges) -> String {
+    pub(super) fn render(&self, g: &Gauges) -> String {
         self.peers.set(g.peers_in_trees as i64);
         self.trees.set(g.trees as i64);
         self.max_depth.set(i64::from(g.max_depth));
@@ -152,7 +152,7 @@ struct Parts {
 }
 
 /// Resident set size from /proc (Linux); `None` elsewhere.
-pub fn resident_bytes() -> Option<u64> {
+pub(super) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)

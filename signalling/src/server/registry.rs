@@ -111,7 +111,7 @@ pub(crate) struct Gauges {
 impl Registry {
     /// `started`: when this server started, for the reclaim of trees it
     /// never saw (rule 6).
-    pub fn new(settings: Settings, started: Instant, tree_ids: TreeIds) -> Self {
+    pub(super) fn new(settings: Settings, started: Instant, tree_ids: TreeIds) -> Self {
         Registry {
             settings,
             peers: HashMap::new(),
@@ -121,7 +121,7 @@ impl Registry {
         }
     }
 
-    pub fn connect(&mut self, peer: PeerId) {
+    pub(super) fn connect(&mut self, peer: PeerId) {
         self.peers.insert(
             peer,
             PeerEntry {
@@ -134,7 +134,7 @@ impl Registry {
     /// The connection is gone (closed, failed, or stopped answering pings):
     /// exactly the effects of a `leave`, except that a source's tree waits
     /// for a reclaim instead of closing at once (rule 6).
-    pub fn disconnect(&mut self, peer: &PeerId) -> Effects {
+    pub(super) fn disconnect(&mut self, peer: &PeerId) -> Effects {
         let mut fx = Effects::default();
         let Some(entry) = self.peers.remove(peer) else {
             return fx;
@@ -145,7 +145,7 @@ impl Registry {
         fx
     }
 
-    pub fn gauges(&self) -> Gauges {
+    pub(super) fn gauges(&self) -> Gauges {
         Gauges {
             connections: self.peers.len(),
             peers_in_trees: self.trees.values().map(|t| t.tree.len()).sum(),
@@ -192,7 +192,7 @@ impl Registry {
     }
 
     /// `create`: a new tree with `peer` as its source.
-    pub fn create(&mut self, peer: &PeerId, c: Create) -> Result<Effects, ProtocolError> {
+    pub(super) fn create(&mut self, peer: &PeerId, c: Create) -> Result<Effects, ProtocolError> {
         self.not_in_tree(peer, "create")?;
         let mut fx = Effects::default();
         let tree_id: TreeId = (self.tree_ids)().into();
@@ -201,7 +201,7 @@ impl Registry {
     }
 
     /// `join`: placement by rules 3, 4 and 8.
-    pub fn join(&mut self, peer: &PeerId, j: Join) -> Result<Effects, ProtocolError> {
+    pub(super) fn join(&mut self, peer: &PeerId, j: Join) -> Result<Effects, ProtocolError> {
         let re = Some("join");
         let err = |code, msg: &str| ProtocolError::new(code, msg, re);
         self.not_in_tree(peer, "join")?;
@@ -253,7 +253,7 @@ impl Registry {
     }
 
     /// `signal`: forwarded only between a parent and its child (rule 2).
-    pub fn signal(&mut self, peer: &PeerId, s: SignalTo) -> Result<Effects, ProtocolError> {
+    pub(super) fn signal(&mut self, peer: &PeerId, s: SignalTo) -> Result<Effects, ProtocolError> {
         let m = self.in_tree(peer, "signal")?;
         let neighbour = self
             .peers
@@ -286,7 +286,7 @@ impl Registry {
 
     /// `reconnect`: `peer` moves, with its subtree, to another parent, and
     /// its old parent is checked (see [`Reconnected`]).
-    pub fn reconnect(&mut self, peer: &PeerId) -> Reconnected {
+    pub(super) fn reconnect(&mut self, peer: &PeerId) -> Reconnected {
         let re = Some("reconnect");
         let m = match self.in_tree(peer, "reconnect") {
             Ok(m) => m,
@@ -337,7 +337,7 @@ impl Registry {
 
     /// `leave`: as a death (rule 5), except that a source's tree closes at
     /// once.
-    pub fn leave(&mut self, peer: &PeerId) -> Result<Effects, ProtocolError> {
+    pub(super) fn leave(&mut self, peer: &PeerId) -> Result<Effects, ProtocolError> {
         let Some(m) = self.member(peer, "leave")? else {
             return Err(ProtocolError::new(
                 ErrorCode::NotInTree,
@@ -352,7 +352,7 @@ impl Registry {
     }
 
     /// `stats`: kept for `/api/trees`; never refused.
-    pub fn stats(&mut self, peer: &PeerId, mut s: Stats) -> Effects {
+    pub(super) fn stats(&mut self, peer: &PeerId, mut s: Stats) -> Effects {
         s.trim_extra();
         if let Some(e) = self.peers.get_mut(peer) {
             e.stats = Some(s);
@@ -361,7 +361,7 @@ impl Registry {
     }
 
     /// `reach` (rule 8).
-    pub fn reach(&mut self, peer: &PeerId, r: Reach) -> Result<Effects, ProtocolError> {
+    pub(super) fn reach(&mut self, peer: &PeerId, r: Reach) -> Result<Effects, ProtocolError> {
         let m = self.in_tree(peer, "reach")?;
         let mut fx = Effects::default();
         self.set_reach(peer, &m, r.relayed, &mut fx)?;
@@ -416,7 +416,7 @@ impl Registry {
     }
 
     /// `reclaim` (rule 6), at `now`.
-    pub fn reclaim(
+    pub(super) fn reclaim(
         &mut self,
         peer: &PeerId,
         r: Reclaim,
@@ -586,7 +586,7 @@ impl Registry {
     }
 
     /// Called by the grace timer: closes the tree if its source never came back.
-    pub fn grace_expired(&mut self, tree: &TreeId, epoch: u64) -> Effects {
+    pub(super) fn grace_expired(&mut self, tree: &TreeId, epoch: u64) -> Effects {
         let mut fx = Effects::default();
         if let Some(t) = self.trees.get(tree) {
             if !t.source_connected && t.epoch == epoch {
@@ -645,7 +645,7 @@ impl Registry {
 
     /// `/api/trees/{id}`: every node with its parent, depth, role, k,
     /// children and, when only TURN reaches it, `relayed`.
-    pub fn snapshot(&self, tree: &str) -> Option<TreeSnapshot> {
+    pub(super) fn snapshot(&self, tree: &str) -> Option<TreeSnapshot> {
         let (id, t) = self.trees.get_key_value(tree)?;
         let root = t.tree.root();
         let mut nodes = Vec::with_capacity(t.tree.len());

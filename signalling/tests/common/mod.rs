@@ -9,15 +9,15 @@ use signalling::client::{Client, Events};
 use signalling::protocol::{ErrorCode, Event, Role};
 use signalling::server::{self, ServerConfig, ServerHandle};
 
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
-pub async fn start(cfg: ServerConfig) -> ServerHandle {
+pub(crate) async fn start(cfg: ServerConfig) -> ServerHandle {
     server::spawn(cfg, "127.0.0.1:0".parse().expect("loopback address"))
         .await
         .expect("bind a free loopback port")
 }
 
-pub fn cfg(k: u32, k1: u32) -> ServerConfig {
+pub(crate) fn cfg(k: u32, k1: u32) -> ServerConfig {
     ServerConfig {
         k,
         k1,
@@ -25,29 +25,29 @@ pub fn cfg(k: u32, k1: u32) -> ServerConfig {
     }
 }
 
-pub struct Peer {
+pub(crate) struct Peer {
     pub client: Client,
     pub events: Events,
 }
 
 impl Peer {
-    pub async fn connect(srv: &ServerHandle) -> Peer {
+    pub(crate) async fn connect(srv: &ServerHandle) -> Peer {
         let (client, events) = Client::connect(&srv.ws_url()).await.expect("connect");
         Peer { client, events }
     }
 
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         self.client.peer_id().to_owned()
     }
 
     /// The next event, failing the test if none comes within `WAIT`.
-    pub async fn next(&mut self) -> Event {
+    pub(crate) async fn next(&mut self) -> Event {
         self.next_within(WAIT)
             .await
             .expect("an event within the wait")
     }
 
-    pub async fn next_within(&mut self, d: Duration) -> Option<Event> {
+    pub(crate) async fn next_within(&mut self, d: Duration) -> Option<Event> {
         tokio::time::timeout(d, self.events.next())
             .await
             .ok()
@@ -55,7 +55,7 @@ impl Peer {
     }
 
     /// Skips events until one matches; returns it.
-    pub async fn wait_for(&mut self, what: &str, f: impl Fn(&Event) -> bool) -> Event {
+    pub(crate) async fn wait_for(&mut self, what: &str, f: impl Fn(&Event) -> bool) -> Event {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -67,7 +67,7 @@ impl Peer {
         }
     }
 
-    pub async fn expect_error(&mut self, code: ErrorCode) -> Event {
+    pub(crate) async fn expect_error(&mut self, code: ErrorCode) -> Event {
         let ev = self.next().await;
         match &ev {
             Event::Error(e) if e.code == code => ev,
@@ -75,14 +75,14 @@ impl Peer {
         }
     }
 
-    pub async fn expect_child(&mut self, peer: &str) {
+    pub(crate) async fn expect_child(&mut self, peer: &str) {
         match self.next().await {
             Event::Child(c) if c.peer == peer => {}
             other => panic!("expected child {peer}, got {}", other.to_json()),
         }
     }
 
-    pub async fn expect_child_gone(&mut self, peer: &str) {
+    pub(crate) async fn expect_child_gone(&mut self, peer: &str) {
         match self.next().await {
             Event::ChildGone(c) if c.peer == peer => {}
             other => panic!("expected child-gone {peer}, got {}", other.to_json()),
@@ -90,7 +90,7 @@ impl Peer {
     }
 
     /// Returns (parent, depth) of the next `parent` event.
-    pub async fn expect_parent(&mut self) -> (String, u32) {
+    pub(crate) async fn expect_parent(&mut self) -> (String, u32) {
         match self.next().await {
             Event::Parent(p) => (p.parent, p.depth),
             other => panic!("expected parent, got {}", other.to_json()),
@@ -98,7 +98,7 @@ impl Peer {
     }
 
     /// Skips other events up to the next `parent`; returns (parent, depth).
-    pub async fn wait_parent(&mut self) -> (String, u32) {
+    pub(crate) async fn wait_parent(&mut self) -> (String, u32) {
         match self
             .wait_for("parent", |e| matches!(e, Event::Parent(_)))
             .await
@@ -110,7 +110,7 @@ impl Peer {
 
     /// Asserts that nothing arrives: only for the end of a test, where the
     /// bound is a courtesy, not a correctness condition.
-    pub async fn expect_quiet(&mut self, d: Duration) {
+    pub(crate) async fn expect_quiet(&mut self, d: Duration) {
         if let Some(ev) = self.next_within(d).await {
             panic!("unexpected event {}", ev.to_json());
         }
@@ -118,14 +118,14 @@ impl Peer {
 }
 
 /// A source that created a tree; returns (source, tree id, token).
-pub async fn source(srv: &ServerHandle, k: Option<u32>) -> (Peer, String, String) {
+pub(crate) async fn source(srv: &ServerHandle, k: Option<u32>) -> (Peer, String, String) {
     let p = Peer::connect(srv).await;
     let c = p.client.create(k).await.expect("create");
     (p, c.tree, c.token)
 }
 
 /// Joins a fresh peer; returns it with its (parent, depth).
-pub async fn joiner(
+pub(crate) async fn joiner(
     srv: &ServerHandle,
     tree: &str,
     k: Option<u32>,
@@ -137,20 +137,20 @@ pub async fn joiner(
 }
 
 /// GET a path from the server; returns (status, body).
-pub async fn http_get(srv: &ServerHandle, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(srv: &ServerHandle, path: &str) -> (u16, String) {
     signalling::client::http_get(&srv.addr().to_string(), path, WAIT)
         .await
         .expect("HTTP GET")
 }
 
-pub async fn snapshot(srv: &ServerHandle, tree: &str) -> serde_json::Value {
+pub(crate) async fn snapshot(srv: &ServerHandle, tree: &str) -> serde_json::Value {
     let (status, body) = http_get(srv, &format!("/api/trees/{tree}")).await;
     assert_eq!(status, 200, "snapshot of {tree}: {body}");
     serde_json::from_str(&body).expect("snapshot is JSON")
 }
 
 /// parent peer id of `peer` in a snapshot.
-pub fn parent_in(snap: &serde_json::Value, peer: &str) -> Option<String> {
+pub(crate) fn parent_in(snap: &serde_json::Value, peer: &str) -> Option<String> {
     snap["nodes"]
         .as_array()?
         .iter()
@@ -160,7 +160,7 @@ pub fn parent_in(snap: &serde_json::Value, peer: &str) -> Option<String> {
 }
 
 /// The node of `peer` in a snapshot (`Null` if absent).
-pub fn node_in<'a>(snap: &'a serde_json::Value, peer: &str) -> &'a serde_json::Value {
+pub(crate) fn node_in<'a>(snap: &'a serde_json::Value, peer: &str) -> &'a serde_json::Value {
     snap["nodes"]
         .as_array()
         .and_then(|nodes| nodes.iter().find(|n| n["peer"] == peer))

@@ -21,11 +21,11 @@ use tokio::time::Sleep;
 
 /// The whole first request head (request line and headers) must arrive in
 /// this time: a WebSocket upgrade is a few hundred bytes.
-pub const FIRST_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const FIRST_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// An accepted connection with the first-request deadline, holding `T`
 /// (the connection's share of a per-address count) until it closes.
-pub struct Guarded<IO, T> {
+pub(crate) struct Guarded<IO, T> {
     io: IO,
     deadline: Option<Pin<Box<Sleep>>>,
     /// The last four bytes read, to find `\r\n\r\n` across reads.
@@ -34,7 +34,7 @@ pub struct Guarded<IO, T> {
 }
 
 impl<IO, T> Guarded<IO, T> {
-    pub fn new(io: IO, held: T, deadline: Duration) -> Self {
+    pub(crate) fn new(io: IO, held: T, deadline: Duration) -> Self {
         Guarded {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(deadline))),
