@@ -793,6 +793,19 @@ mod tests {
         reg.join(p, j)
     }
 
+    /// A registry with caps `k` and `k1`, source `s`'s tree, and `members`
+    /// joined in order: the registry, the source and the tree id.
+    fn tree_of(k: u32, k1: u32, members: &[&str]) -> (Registry, PeerId, String) {
+        let mut reg = registry(k, k1, &TokenKey::random(), Instant::now());
+        let s = connect(&mut reg, "s");
+        let tree = create(&mut reg, &s);
+        for name in members {
+            let p = connect(&mut reg, name);
+            join(&mut reg, &p, &tree).expect("join");
+        }
+        (reg, s, tree)
+    }
+
     /// `peer`'s parent and depth as `/api/trees` shows them.
     fn place(reg: &Registry, tree: &str, peer: &str) -> (Option<String>, u32) {
         let snap = reg.snapshot(tree).expect("tree");
@@ -865,14 +878,7 @@ mod tests {
     /// s - {a, b}, a - {c, d}, b - {e, f}, c - g: a dies.
     #[test]
     fn a_dead_parents_children_are_re_placed_with_their_subtrees() {
-        let key = TokenKey::random();
-        let mut reg = registry(2, 2, &key, Instant::now());
-        let s = connect(&mut reg, "s");
-        let tree = create(&mut reg, &s);
-        for name in ["a", "b", "c", "d", "e", "f", "g"] {
-            let p = connect(&mut reg, name);
-            join(&mut reg, &p, &tree).expect("join");
-        }
+        let (mut reg, _, tree) = tree_of(2, 2, &["a", "b", "c", "d", "e", "f", "g"]);
         assert_eq!(place(&reg, &tree, "g"), (Some("c".into()), 3));
         let fx = reg.disconnect(&"a".into());
         // c takes a's slot under s, with g; d goes to the shallowest free
@@ -903,14 +909,8 @@ mod tests {
     /// A chain s - a - b with k = 1: b has nowhere else to go.
     #[test]
     fn reconnect_when_the_tree_is_full_fails_but_still_checks_the_parent() {
-        let key = TokenKey::random();
-        let mut reg = registry(1, 1, &key, Instant::now());
-        let s = connect(&mut reg, "s");
-        let tree = create(&mut reg, &s);
-        let a = connect(&mut reg, "a");
-        let b = connect(&mut reg, "b");
-        join(&mut reg, &a, &tree).expect("join");
-        join(&mut reg, &b, &tree).expect("join");
+        let (mut reg, s, tree) = tree_of(1, 1, &["a", "b"]);
+        let (a, b): (PeerId, PeerId) = ("a".into(), "b".into());
         let r = reg.reconnect(&b);
         assert_eq!(
             r.check.as_deref(),
@@ -940,14 +940,7 @@ mod tests {
 
     #[test]
     fn reconnect_moves_the_member_with_its_subtree_and_checks_the_old_parent() {
-        let key = TokenKey::random();
-        let mut reg = registry(1, 2, &key, Instant::now());
-        let s = connect(&mut reg, "s");
-        let tree = create(&mut reg, &s);
-        for name in ["a", "b", "c"] {
-            let p = connect(&mut reg, name);
-            join(&mut reg, &p, &tree).expect("join");
-        }
+        let (mut reg, _, tree) = tree_of(1, 2, &["a", "b", "c"]);
         // s - {a, b}, a - c; s is full, b has a free slot.
         assert_eq!(place(&reg, &tree, "c"), (Some("a".into()), 2));
         let r = reg.reconnect(&"c".into());
@@ -1072,14 +1065,8 @@ mod tests {
 
     #[test]
     fn signal_goes_only_between_parent_and_child() {
-        let key = TokenKey::random();
-        let mut reg = registry(2, 2, &key, Instant::now());
-        let s = connect(&mut reg, "s");
-        let tree = create(&mut reg, &s);
-        let a = connect(&mut reg, "a");
-        let b = connect(&mut reg, "b");
-        join(&mut reg, &a, &tree).expect("join");
-        join(&mut reg, &b, &tree).expect("join");
+        let (mut reg, _, _) = tree_of(2, 2, &["a", "b"]);
+        let a: PeerId = "a".into();
         let data = || serde_json::value::RawValue::from_string("{}".into()).expect("json");
         let fx = reg
             .signal(
@@ -1105,14 +1092,7 @@ mod tests {
 
     #[test]
     fn a_member_that_becomes_relayed_gives_up_its_children_but_not_its_place() {
-        let key = TokenKey::random();
-        let mut reg = registry(2, 1, &key, Instant::now());
-        let s = connect(&mut reg, "s");
-        let tree = create(&mut reg, &s);
-        for name in ["a", "b", "c"] {
-            let p = connect(&mut reg, name);
-            join(&mut reg, &p, &tree).expect("join");
-        }
+        let (mut reg, s, tree) = tree_of(2, 1, &["a", "b", "c"]);
         // s - a - {b, c}: once a is relayed, b and c fit nowhere.
         let fx = reg
             .reach(&"a".into(), Reach { relayed: true })
