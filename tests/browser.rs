@@ -155,6 +155,57 @@ async fn browser_leaf_under_a_relay_decodes_and_gets_every_message() {
     page.close().await;
 }
 
+/// (e) H.264 as a live publisher sends it (x264, `ffmpeg -c copy -f rtp`)
+/// -> source --rtp -> relay -> browser leaf: Chromium decodes the tree's
+/// H.264 as the relay mirrored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_leaf_decodes_h264_from_a_live_rtp_publisher() {
+    let Some((chromium, driver)) = chrome::tools("browser H.264 leaf", &["ffmpeg"]) else {
+        return;
+    };
+    let _one = one_at_a_time().await;
+    let s = Scratch::new("browser-h264");
+    let published = encode_h264(&s);
+    let (_sig, url) = signal_server(&s, &["--k1", "1"]);
+    let (_src, port, tree) = rtp_source(&s, &url, "h264");
+    let _relay = relay(
+        &s,
+        "relay",
+        &url,
+        &tree,
+        &["--k", "1"],
+        "connected to parent",
+    );
+    let chrome = Chrome::start(&s, &chromium, &driver);
+    let page = chrome.page("leaf", &watch_url(&url, 0, &tree)).await;
+    eventually("the leaf joins", Duration::from_secs(20), || async {
+        (page.state().await.depth == Some(2)).then_some(())
+    })
+    .await;
+    let mut ff = ffmpeg_sends_h264(&s, &published, port);
+    let t0 = Instant::now();
+    let first = eventually("the leaf decodes", Duration::from_secs(20), || async {
+        let st = page.state().await;
+        (st.frames_decoded > 0).then_some(st)
+    })
+    .await;
+    let first_frame = t0.elapsed();
+    assert_eq!(first.video_codec.as_deref(), Some("video/H264"));
+    let fps = decoding_rate(&page, 90).await;
+    let st = page.state().await;
+    assert_eq!((st.frame_width, st.frame_height), (640, 360));
+    println!(
+        "(e) browser leaf below a relay, H.264 from ffmpeg over RTP: first frame {:.2} s after \
+         ffmpeg started, {fps:.1} fps over 90 frames, {}x{}, decoded as {}",
+        first_frame.as_secs_f64(),
+        st.frame_width,
+        st.frame_height,
+        st.video_codec.as_deref().unwrap_or("?")
+    );
+    ff.kill();
+    page.close().await;
+}
+
 /// (b) Rust source -> browser (k=2) -> Rust relay recording: the browser
 /// re-encodes what it forwards, the relay records VP8 that ffmpeg decodes,
 /// and the data channel passes through the browser message by message.

@@ -29,34 +29,6 @@ fn ffmpeg_or_skip(test: &str) -> Option<()> {
     None
 }
 
-/// A source taking one codec over RTP on a free port: the process, the
-/// port and the tree id.
-fn rtp_source(s: &Scratch, url: &str, codec: &str) -> (Proc, SocketAddr, String) {
-    let src = Proc::spawn(
-        s,
-        "source",
-        &[
-            "source",
-            "--rtp",
-            "127.0.0.1:0",
-            "--codec",
-            codec,
-            "--signal",
-            url,
-        ],
-        false,
-    );
-    let line = src.line("rtp in: ", Duration::from_secs(20));
-    let addr: SocketAddr = line
-        .trim_start_matches("rtp in: udp://")
-        .split(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let tree = tree_id(&src);
-    (src, addr, tree)
-}
-
 /// ffmpeg sending the sample once, in real time, to `to`.
 fn ffmpeg_sends(s: &Scratch, to: SocketAddr) -> Proc {
     let mut cmd = Command::new("ffmpeg");
@@ -202,37 +174,6 @@ fn reordered_lost_and_foreign_datagrams_in_the_input_are_survived() {
     assert_eq!(log.matches("is not RTP").count(), 1, "said once");
 }
 
-/// The sample as a live H.264 publisher sends it: x264, constrained
-/// baseline, a keyframe (with its SPS and PPS) every second, no B-frames.
-fn encode_h264(s: &Scratch) -> std::path::PathBuf {
-    let out = s.path("publisher.h264");
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
-        .arg(sample("testsrc-640x360-vp8.ivf"))
-        .args([
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "baseline",
-            "-preset",
-            "veryfast",
-            "-g",
-            "30",
-            "-bf",
-            "0",
-            "-f",
-            "h264",
-        ])
-        .arg(&out)
-        .status()
-        .expect("run ffmpeg");
-    assert!(
-        status.success(),
-        "ffmpeg could not encode H.264 with libx264"
-    );
-    out
-}
-
 #[test]
 fn h264_from_ffmpeg_reaches_a_recording_two_hops_down_nal_for_nal() {
     if ffmpeg_or_skip("h264_from_ffmpeg").is_none() {
@@ -253,19 +194,7 @@ fn h264_from_ffmpeg_reaches_a_recording_two_hops_down_nal_for_nal() {
         &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
         "connected to parent",
     );
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args([
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-re",
-        "-framerate",
-        "30",
-        "-i",
-    ])
-    .arg(&published)
-    .args(["-c", "copy", "-f", "rtp", &format!("rtp://{port}")]);
-    let mut ff = Proc::spawn_command(&s, "ffmpeg", cmd, false);
+    let mut ff = ffmpeg_sends_h264(&s, &published, port);
     let source = std::fs::read(&published).expect("read the published stream");
     let want: Vec<&[u8]> = annex_b_nal_units(&source).collect();
     let last = *want.last().expect("NAL units");

@@ -249,6 +249,8 @@ pub(crate) struct PageState {
     pub parent: Option<String>,
     pub children: Vec<String>,
     pub frames_decoded: u64,
+    /// The video's MIME type as the browser decodes it (`video/VP8`).
+    pub video_codec: Option<String>,
     pub frame_width: u32,
     pub frame_height: u32,
     /// Upstream connections opened so far.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -582,4 +583,81 @@ pub(crate) fn decode_with_ffmpeg(path: &std::path::Path) -> (String, u32, u32, u
             .and_then(|n| n.parse().ok())
             .unwrap_or_default(),
     )
+}
+
+/// A source taking one codec over RTP on a free port: the process, the
+/// port and the tree id.
+pub(crate) fn rtp_source(s: &Scratch, url: &str, codec: &str) -> (Proc, SocketAddr, String) {
+    let src = Proc::spawn(
+        s,
+        "source",
+        &[
+            "source",
+            "--rtp",
+            "127.0.0.1:0",
+            "--codec",
+            codec,
+            "--signal",
+            url,
+        ],
+        false,
+    );
+    let line = src.line("rtp in: ", Duration::from_secs(20));
+    let addr: SocketAddr = line
+        .trim_start_matches("rtp in: udp://")
+        .split(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let tree = tree_id(&src);
+    (src, addr, tree)
+}
+
+/// The sample as a live H.264 publisher sends it: x264, constrained
+/// baseline, a keyframe (with its SPS and PPS) every second, no B-frames.
+pub(crate) fn encode_h264(s: &Scratch) -> std::path::PathBuf {
+    let out = s.path("publisher.h264");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(sample("testsrc-640x360-vp8.ivf"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-preset",
+            "veryfast",
+            "-g",
+            "30",
+            "-bf",
+            "0",
+            "-f",
+            "h264",
+        ])
+        .arg(&out)
+        .status()
+        .expect("run ffmpeg");
+    assert!(
+        status.success(),
+        "ffmpeg could not encode H.264 with libx264"
+    );
+    out
+}
+
+/// ffmpeg sending an Annex B H.264 file once, in real time, to `to`, as a
+/// live publisher does (`-c copy -f rtp`: its NAL units as they are).
+pub(crate) fn ffmpeg_sends_h264(s: &Scratch, file: &Path, to: SocketAddr) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-framerate",
+        "30",
+        "-i",
+    ])
+    .arg(file)
+    .args(["-c", "copy", "-f", "rtp", &format!("rtp://{to}")]);
+    Proc::spawn_command(s, "ffmpeg", cmd, false)
 }
