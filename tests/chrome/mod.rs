@@ -23,10 +23,10 @@ use crate::common::Scratch;
 /// skipping them.
 pub(crate) const REQUIRE: &str = "PEER_TREE_REQUIRE_BROWSER";
 
-/// Chromium's switches for tests on a machine that reaches nothing but
-/// loopback (DESIGN.md, "Loopback only"). The resolver rule keeps Chromium
-/// from looking up Google hosts; host candidates stay visible (no mDNS
-/// names) so no multicast leaves the machine; the fake camera runs at 30 fps.
+/// Chromium's switches for every test (DESIGN.md, "Loopback only"): no
+/// background traffic, a fake camera at 30 fps. A page on loopback also
+/// gets [`LOOPBACK_SWITCHES`]; a page in the network lab keeps Chromium's
+/// default mDNS hiding, as browsers in the wild do.
 const SWITCHES: &[&str] = &[
     "--headless=new",
     "--no-sandbox",
@@ -43,7 +43,8 @@ const SWITCHES: &[&str] = &[
 ];
 
 /// On loopback: host candidates visible (no mDNS names, so no multicast
-/// leaves the machine) and loopback allowed for peer connections.
+/// leaves the machine), loopback allowed for peer connections, and the
+/// resolver rule that keeps Chromium from looking up Google hosts.
 const LOOPBACK_SWITCHES: &[&str] = &[
     "--allow-loopback-in-peer-connection",
     // Chromium takes only the last --disable-features: keep every one here.
