@@ -18,6 +18,7 @@ use relay::media::{Codec, ALL_CODECS};
 use relay::node::{Node, NodeOptions, Seat};
 use relay::peer::LinkConfig;
 use relay::publish::{self, Progress};
+use relay::rtp_sdp::{self, RtpInput};
 use relay::source::{AudioFile, VideoFile};
 use signalling::server::{self, ServerConfig, ServerHandle};
 use tracing::info;
@@ -28,7 +29,7 @@ use crate::shutdown_signal;
 #[derive(Args)]
 pub(crate) struct SourceArgs {
     /// IVF file with VP8, VP9 or AV1 video.
-    #[arg(long, value_name = "VIDEO.ivf", required_unless_present = "rtp")]
+    #[arg(long, value_name = "VIDEO.ivf", required_unless_present_any = ["rtp", "sdp"])]
     file: Option<PathBuf>,
     /// Ogg file with Opus audio, played alongside.
     #[arg(long, value_name = "AUDIO.ogg", requires = "file")]
@@ -48,6 +49,12 @@ pub(crate) struct SourceArgs {
     /// offered as packetization mode 1, constrained baseline (42e01f).
     #[arg(long, value_name = "CODEC", value_parser = parse_codec, requires = "rtp")]
     codec: Vec<Codec>,
+    /// Instead of --rtp and --codec: the streams a session description
+    /// announces, as `ffmpeg ... -f rtp -sdp_file out.sdp` writes it (each
+    /// audio or video section's address, port and codec). Its fmtp lines
+    /// are kept: H.264 is offered in the profile the sender has.
+    #[arg(long, value_name = "FILE.sdp", conflicts_with_all = ["file", "rtp"])]
+    sdp: Option<PathBuf>,
     /// An existing signalling server (ws:// or wss://). Without it the
     /// source runs its own on 127.0.0.1:8080 (or the next free port).
     #[arg(long, value_name = "ws://HOST:PORT/ws")]
@@ -94,8 +101,8 @@ enum Input {
         audio: Option<AudioFile>,
         looping: bool,
     },
-    /// Bound sockets, each with its track's codec.
-    Rtp(Vec<(tokio::net::UdpSocket, Codec)>),
+    /// Bound sockets, each with its track's codec and fmtp line.
+    Rtp(Vec<(tokio::net::UdpSocket, Codec, String)>),
 }
 
 impl Input {
@@ -120,25 +127,43 @@ impl Input {
                 looping: args.looping,
             });
         }
-        if args.codec.len() != args.rtp.len() {
-            anyhow::bail!(
-                "{} --rtp inputs but {} --codec: give each --rtp its --codec, in the same order",
-                args.rtp.len(),
-                args.codec.len()
-            );
-        }
-        let videos = args.codec.iter().filter(|c| c.is_video()).count();
-        if videos > 1 || args.codec.len() - videos > 1 {
-            anyhow::bail!("at most one video and one audio --rtp input");
+        let wanted: Vec<RtpInput> = match &args.sdp {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                rtp_sdp::parse(&text).with_context(|| format!("{}", path.display()))?
+            }
+            None => {
+                if args.codec.len() != args.rtp.len() {
+                    anyhow::bail!(
+                        "{} --rtp inputs but {} --codec: give each --rtp its --codec, in the same order",
+                        args.rtp.len(),
+                        args.codec.len()
+                    );
+                }
+                args.rtp
+                    .iter()
+                    .zip(&args.codec)
+                    .map(|(&addr, &codec)| RtpInput {
+                        addr,
+                        codec,
+                        fmtp: codec.sdp_fmtp_line().to_owned(),
+                    })
+                    .collect()
+            }
+        };
+        let videos = wanted.iter().filter(|i| i.codec.is_video()).count();
+        if videos > 1 || wanted.len() - videos > 1 {
+            anyhow::bail!("at most one video and one audio RTP input");
         }
         let mut inputs = Vec::new();
-        for (&addr, &codec) in args.rtp.iter().zip(&args.codec) {
+        for RtpInput { addr, codec, fmtp } in wanted {
             let socket = tokio::net::UdpSocket::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for RTP on {addr}"))?;
             let addr = socket.local_addr()?;
-            println!("rtp in: udp://{addr} ({})", codec.mime());
-            inputs.push((socket, codec));
+            println!("rtp in: udp://{addr} ({})", codec.describe(&fmtp));
+            inputs.push((socket, codec, fmtp));
         }
         Ok(Input::Rtp(inputs))
     }
@@ -187,9 +212,12 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
     // The id comes from the server: cut by characters, not bytes.
     let short: String = created.tree.chars().take(8).collect();
     let stream_id = format!("peer-tree-{short}");
-    let track = |codec: Codec| {
+    let track = |codec: Codec, fmtp: String| {
         let kind = if codec.is_video() { "video" } else { "audio" };
-        hub.track(TrackSpec::new(codec, stream_id.clone(), kind))
+        hub.track(TrackSpec {
+            fmtp,
+            ..TrackSpec::new(codec, stream_id.clone(), kind)
+        })
     };
     let data = hub.channel(ChannelSpec {
         label: "data".into(),
@@ -218,8 +246,9 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
             looping,
         } => {
             let progress = Arc::new(Progress::default());
-            let video_track = track(video.codec());
-            let audio_track = audio.as_ref().map(|a| track(a.codec()));
+            let in_default_format = |c: Codec| track(c, c.sdp_fmtp_line().to_owned());
+            let video_track = in_default_format(video.codec());
+            let audio_track = audio.as_ref().map(|a| in_default_format(a.codec()));
             let player = tokio::spawn(publish::play(
                 video,
                 audio,
@@ -238,11 +267,11 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
         Input::Rtp(inputs) => {
             let mut receivers = tokio::task::JoinSet::new();
             let mut stats = Vec::new();
-            for (socket, codec) in inputs {
+            for (socket, codec, fmtp) in inputs {
                 let s = Arc::new(IngestStats::default());
                 let addr = socket.local_addr()?;
                 stats.push((addr, s.clone()));
-                let t: Arc<TrackHub> = track(codec);
+                let t: Arc<TrackHub> = track(codec, fmtp);
                 receivers.spawn(async move {
                     ingest::receive(socket, t, s)
                         .await

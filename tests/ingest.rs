@@ -241,6 +241,107 @@ fn h264_from_ffmpeg_reaches_a_recording_two_hops_down_nal_for_nal() {
     );
 }
 
+/// ffmpeg announces its stream in an SDP file (`-sdp_file`) and the source
+/// takes the port, the codec and the fmtp line from it: the tree offers
+/// the publisher's H.264 profile and packetization mode. The source starts
+/// after ffmpeg, as it would by hand, so the recording starts at a
+/// keyframe and holds from there on every NAL unit.
+#[test]
+fn an_sdp_file_from_ffmpeg_sets_up_the_input_with_the_senders_fmtp() {
+    if ffmpeg_or_skip("an_sdp_file_from_ffmpeg").is_none() {
+        return;
+    }
+    let s = Scratch::new("ingest-sdp");
+    let published = encode_h264(&s);
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|u| u.local_addr())
+        .expect("a free port");
+    let sdp = s.path("ffmpeg.sdp");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-framerate",
+        "30",
+        "-i",
+    ])
+    .arg(&published)
+    .args(["-c", "copy", "-f", "rtp", "-sdp_file"])
+    .arg(&sdp)
+    .arg(format!("rtp://{port}"));
+    let mut ff = Proc::spawn_command(&s, "ffmpeg", cmd, false);
+    let text = until("ffmpeg's SDP file", Duration::from_secs(10), || {
+        std::fs::read_to_string(&sdp)
+            .ok()
+            .filter(|t| t.contains("m=video"))
+    });
+    let (_sig, url) = signal_server(&s, &[]);
+    let src = Proc::spawn(
+        &s,
+        "source",
+        &[
+            "source",
+            "--sdp",
+            sdp.to_str().expect("UTF-8"),
+            "--signal",
+            &url,
+        ],
+        false,
+    );
+    let line = src.line("rtp in: ", Duration::from_secs(20));
+    assert!(line.contains(&port.to_string()), "{line}");
+    assert!(line.contains("profile-level-id=42C01E"), "{line}\n{text}");
+    let tree = tree_id(&src);
+    let rec = s.path("leaf.h264");
+    let leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
+        "connected to parent",
+    );
+    assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
+    let source = std::fs::read(&published).expect("read the published stream");
+    let want: Vec<&[u8]> = annex_b_nal_units(&source).collect();
+    let last = *want.last().expect("NAL units");
+    let recorded = until(
+        "the last NAL unit recorded",
+        Duration::from_secs(10),
+        || {
+            let r = std::fs::read(&rec).ok()?;
+            annex_b_nal_units(&r)
+                .last()
+                .is_some_and(|n| n == last)
+                .then_some(r)
+        },
+    );
+    let got: Vec<&[u8]> = annex_b_nal_units(&recorded).collect();
+    // From a keyframe (its SPS) to the end, nothing missing or repeated.
+    assert_eq!(
+        got[0].first().map(|b| b & 0x1f),
+        Some(7),
+        "starts with an SPS"
+    );
+    let from = want.len() - got.len();
+    assert!(got[..] == want[from..], "a run of the published NAL units");
+    assert!(got.len() >= 60, "only {} NAL units recorded", got.len());
+    let log = leaf.log_text();
+    let upstream = log
+        .lines()
+        .find(|l| l.contains("upstream track"))
+        .unwrap_or_else(|| panic!("no upstream track logged:\n{log}"));
+    assert!(upstream.contains("video/H264"), "{upstream}");
+    eprintln!(
+        "RTP in from ffmpeg's SDP file: {line}; the leaf recorded NAL units {from}..{} of {} \
+         byte for byte",
+        want.len(),
+        want.len()
+    );
+}
+
 #[test]
 fn rtp_flag_mistakes_are_one_line_errors() {
     let run = |args: &[&str]| {
@@ -272,4 +373,17 @@ fn rtp_flag_mistakes_are_one_line_errors() {
         err.contains(&format!("cannot listen for RTP on {addr}")),
         "{err}"
     );
+    let err = run(&["source", "--sdp", "/nonexistent/in.sdp"]);
+    assert!(err.contains("cannot read /nonexistent/in.sdp"), "{err}");
+    let err = run(&["source", "--sdp", "x.sdp", "--rtp", "127.0.0.1:0"]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let s = Scratch::new("ingest-bad-sdp");
+    let bad = s.path("bad.sdp");
+    std::fs::write(
+        &bad,
+        "v=0\nm=video 5004 RTP/AVP 96\na=rtpmap:96 VP8/90000\n",
+    )
+    .expect("write");
+    let err = run(&["source", "--sdp", bad.to_str().expect("UTF-8")]);
+    assert!(err.contains("has no connection address (c=)"), "{err}");
 }

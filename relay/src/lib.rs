@@ -26,6 +26,7 @@ pub mod relayed_checks;
 pub mod reorder;
 pub mod repair;
 pub mod resend;
+pub mod rtp_sdp;
 pub mod rtx;
 pub mod runtime;
 pub mod source;

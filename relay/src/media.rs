@@ -128,6 +128,15 @@ impl Codec {
         !matches!(self, Codec::Opus)
     }
 
+    /// The MIME type and, when there is one, the fmtp line, for logs.
+    pub fn describe(self, fmtp: &str) -> String {
+        if fmtp.is_empty() {
+            self.mime().to_owned()
+        } else {
+            format!("{} {fmtp}", self.mime())
+        }
+    }
+
     /// Case-insensitive, as MIME types are.
     pub fn from_mime(mime: &str) -> Option<Codec> {
         ALL_CODECS

@@ -97,10 +97,9 @@ impl Upstream {
             track_id: track.track_id().await,
         };
         info!(
-            "upstream track {} ({} {}, stream {})",
+            "upstream track {} ({}, stream {})",
             spec.track_id,
-            codec.mime(),
-            spec.fmtp,
+            codec.describe(&spec.fmtp),
             spec.stream_id
         );
         let hub_track = hub.track(spec);
