@@ -1,0 +1,361 @@
+#!/usr/bin/env node
+// A werift (pure TypeScript WebRTC) member of a peer-tree-relay tree, for
+// interop tests. It joins a tree as a leaf (k 0) by the signalling protocol
+// (signalling/PROTOCOL.md, version 1), answers every offer its parent sends
+// (the parent always offers, rule 1), trickles its candidates in the
+// browser's forms, counts the RTP packets of the video track(s) and records
+// every data-channel message. After --seconds it prints ONE line of JSON on
+// stdout and exits 0:
+//
+//   {"packets":N,"messages":M,"first_packet_ms":T|null,"channel_open_ms":T|null}
+//
+// With --rtp-out FILE it also writes every RTP packet it received, as it
+// arrived (after SRTP), each behind a 2-byte big-endian length, for the
+// test to reassemble and compare with what the source sent.
+//
+// Times are milliseconds since the process started. Diagnostics go to stderr
+// (more with --verbose; werift's own with DEBUG=werift*).
+//
+// Usage: node leaf.mjs WS_URL TREE_ID [--seconds N] [--k N] [--role peer]
+//          [--kind video|audio|all] [--messages FILE] [--rtp-out FILE] [--host ADDR]...
+//          [--verbose]
+//
+// Exit codes: 0 after the summary; 1 when the signalling server could not be
+// reached or refused the join (the summary is still printed); 2 usage error.
+
+import { writeFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import WebSocket from 'ws';
+import {
+  RTCPeerConnection,
+  useAV1X,
+  useH264,
+  useNACK,
+  useOPUS,
+  usePLI,
+  useREMB,
+  useVP8,
+  useVP9,
+} from 'werift';
+
+const USAGE =
+  'usage: node leaf.mjs WS_URL TREE_ID [--seconds N] [--k N] [--role peer|browser|relay] ' +
+  '[--kind video|audio|all] [--messages FILE] [--rtp-out FILE] [--host ADDR]... [--verbose]';
+
+function parseArgs(argv) {
+  const opts = { seconds: 10, k: 0, role: 'peer', kind: 'video', messages: null, rtpOut: null, hosts: [], verbose: false };
+  const pos = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--seconds') opts.seconds = Number(val());
+    else if (a === '--k') opts.k = Number(val());
+    else if (a === '--role') opts.role = val();
+    else if (a === '--kind') opts.kind = val();
+    else if (a === '--messages') opts.messages = val();
+    else if (a === '--rtp-out') opts.rtpOut = val();
+    else if (a === '--host') opts.hosts.push(val());
+    else if (a === '--verbose' || a === '-v') opts.verbose = true;
+    else if (a === '--help' || a === '-h') {
+      console.log(USAGE);
+      process.exit(0);
+    } else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
+    else pos.push(a);
+  }
+  if (pos.length !== 2) throw new Error('WS_URL and TREE_ID are required');
+  [opts.url, opts.tree] = pos;
+  if (!/^wss?:\/\//.test(opts.url)) throw new Error('WS_URL must be ws:// or wss://');
+  if (!(opts.seconds > 0)) throw new Error('--seconds must be positive');
+  if (!Number.isInteger(opts.k) || opts.k < 0) throw new Error('--k must be a non-negative integer');
+  if (!['video', 'audio', 'all'].includes(opts.kind)) throw new Error('--kind must be video, audio or all');
+  return opts;
+}
+
+let opts;
+try {
+  opts = parseArgs(process.argv.slice(2));
+} catch (err) {
+  console.error(`leaf: ${err.message}\n${USAGE}`);
+  process.exit(2);
+}
+
+const t0 = performance.now();
+const ms = () => Math.round(performance.now() - t0);
+const log = (...a) => console.error(`[leaf +${ms()}ms]`, ...a);
+const vlog = (...a) => opts.verbose && log(...a);
+
+const stats = { packets: 0, messages: 0, first_packet_ms: null, channel_open_ms: null };
+// Length-prefixed RTP packets for --rtp-out, written at the end.
+const rtpOut = [];
+const received = []; // every data-channel message: { ms, channel, binary, data }
+let exitCode = 0;
+let finished = false;
+
+// A signalling server on loopback means peers gather loopback candidates
+// (the Rust members do). werift leaves internal interfaces out of its host
+// candidates, so name 127.0.0.1 ourselves unless --host says otherwise.
+const wsHost = new URL(opts.url).hostname;
+const hostAddrs = opts.hosts.length
+  ? opts.hosts
+  : ['127.0.0.1', 'localhost'].includes(wsHost)
+    ? ['127.0.0.1']
+    : [];
+
+// Every codec the project can send (PROTOCOL: payloads go down unchanged),
+// so the answer accepts whatever the parent offers.
+const videoFeedback = [useNACK(), usePLI(), useREMB()];
+const codecs = {
+  video: [
+    useVP8({ rtcpFeedback: videoFeedback }),
+    useVP9({ rtcpFeedback: videoFeedback }),
+    useH264({ rtcpFeedback: videoFeedback }),
+    useAV1X({ rtcpFeedback: videoFeedback }),
+  ],
+  audio: [useOPUS()],
+};
+
+function finish(code = exitCode) {
+  if (finished) return;
+  finished = true;
+  clearTimeout(deadline);
+  if (opts.rtpOut) {
+    try {
+      writeFileSync(opts.rtpOut, Buffer.concat(rtpOut));
+    } catch (err) {
+      log(`cannot write ${opts.rtpOut}: ${err.message}`);
+    }
+  }
+  if (opts.messages) {
+    try {
+      writeFileSync(opts.messages, received.map((m) => JSON.stringify(m)).join('\n') + (received.length ? '\n' : ''));
+    } catch (err) {
+      log(`cannot write ${opts.messages}: ${err.message}`);
+    }
+  }
+  process.stdout.write(JSON.stringify(stats) + '\n', () => {
+    try {
+      ws?.close();
+    } catch {}
+    const pc = link?.pc;
+    link = null;
+    // werift's close can hang on a dead transport: do not wait for it long.
+    Promise.race([pc?.close(), new Promise((r) => setTimeout(r, 300))])
+      .catch(() => {})
+      .finally(() => process.exit(code));
+  });
+}
+
+const deadline = setTimeout(() => finish(), opts.seconds * 1000);
+process.on('SIGINT', () => finish());
+process.on('SIGTERM', () => finish());
+process.on('unhandledRejection', (err) => log('unhandled rejection:', err?.stack ?? err));
+
+// ---- signalling ----
+
+let ws;
+let iceServers = [];
+let parent = null;
+let link = null; // the upstream connection: { peer, pc, queue, early }
+let earlySignals = []; // signals from a parent we have not been told of yet
+
+function send(msg) {
+  if (ws?.readyState === WebSocket.OPEN) {
+    vlog('->', JSON.stringify(msg).slice(0, 200));
+    ws.send(JSON.stringify(msg));
+  }
+}
+
+function signal(to, data) {
+  send({ type: 'signal', to, data });
+}
+
+ws = new WebSocket(opts.url);
+ws.on('error', (err) => {
+  log(`websocket error: ${err.message}`);
+  exitCode = 1;
+  finish(1);
+});
+ws.on('close', (code) => {
+  if (!finished) log(`websocket closed (${code})`);
+});
+ws.on('message', (raw, isBinary) => {
+  if (isBinary) return;
+  let msg;
+  try {
+    msg = JSON.parse(raw.toString());
+  } catch {
+    return;
+  }
+  vlog('<-', raw.toString().slice(0, 200));
+  switch (msg.type) {
+    case 'hello':
+      iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+      send({ type: 'join', tree: opts.tree, k: opts.k, role: opts.role });
+      break;
+    case 'joined':
+      log(`joined tree at depth ${msg.depth}, parent ${msg.parent}`);
+      setParent(msg.parent);
+      break;
+    case 'parent':
+      log(`new parent ${msg.parent} (depth ${msg.depth})`);
+      setParent(msg.parent);
+      break;
+    case 'signal':
+      onSignal(msg.from, msg.data ?? {});
+      break;
+    case 'child':
+      // A leaf (k 0) is never given children; say so rather than hang it.
+      log(`unexpected child ${msg.peer}: this member forwards nothing`);
+      break;
+    case 'tree-closed':
+      log(`tree closed: ${msg.reason}`);
+      finish();
+      break;
+    case 'error':
+      log(`server error ${msg.code} (re ${msg.re}): ${msg.message}`);
+      if (msg.re === 'join') {
+        exitCode = 1;
+        finish(1);
+      }
+      break;
+    default:
+      break;
+  }
+});
+
+function setParent(peer) {
+  closeLink();
+  parent = peer;
+  const early = earlySignals.filter((s) => s.from === peer);
+  earlySignals = [];
+  for (const s of early) onSignal(s.from, s.data);
+}
+
+function onSignal(from, data) {
+  if (from !== parent) {
+    // An offer can overtake `joined`/`parent` only if the server reorders,
+    // which it does not; keep it anyway, as the browser client does.
+    earlySignals.push({ from, data });
+    return;
+  }
+  if (!link || link.peer !== from) link = openLink(from);
+  const l = link;
+  l.queue = l.queue
+    .then(() => (link === l ? apply(l, data) : undefined))
+    .catch((err) => log(`signalling with ${from} failed:`, err?.stack ?? err));
+}
+
+// ---- the peer connection to the parent ----
+
+function openLink(peer) {
+  const pc = new RTCPeerConnection({
+    iceServers: iceServers.map((s) => ({
+      urls: Array.isArray(s.urls) ? s.urls[0] : s.urls,
+      username: s.username,
+      credential: s.credential,
+    })),
+    iceAdditionalHostAddresses: hostAddrs.length ? hostAddrs : undefined,
+    iceUseIpv6: hostAddrs.length ? false : true,
+    codecs,
+  });
+  const l = { peer, pc, queue: Promise.resolve(), early: [] };
+
+  pc.onIceCandidate.subscribe((c) => {
+    if (link !== l || l.endSent) return;
+    if (!c) l.endSent = true;
+    signal(peer, { candidate: c ? c.toJSON() : null });
+  });
+  pc.iceGatheringStateChange.subscribe((s) => {
+    // werift may not fire a null candidate at the end; send it ourselves.
+    if (s === 'complete' && link === l && !l.endSent) {
+      l.endSent = true;
+      signal(peer, { candidate: null });
+    }
+  });
+  pc.connectionStateChange.subscribe((s) => log(`connection ${s}`));
+  pc.iceConnectionStateChange.subscribe((s) => vlog(`ice ${s}`));
+
+  pc.onTrack.subscribe((track) => {
+    log(`track ${track.kind}`);
+    if (opts.kind !== 'all' && track.kind !== opts.kind) return;
+    track.onReceiveRtp.subscribe((rtp) => {
+      if (link !== l) return;
+      stats.packets++;
+      if (opts.rtpOut) {
+        const bytes = rtp.serialize();
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(bytes.length);
+        rtpOut.push(len, bytes);
+      }
+      if (stats.first_packet_ms === null) {
+        stats.first_packet_ms = ms();
+        log('first RTP packet');
+      }
+    });
+  });
+
+  pc.onDataChannel.subscribe((dc) => {
+    log(`data channel "${dc.label}" announced (${dc.readyState})`);
+    const opened = () => {
+      if (stats.channel_open_ms === null) {
+        stats.channel_open_ms = ms();
+        log(`data channel "${dc.label}" open`);
+      }
+    };
+    if (dc.readyState === 'open') opened();
+    dc.stateChanged.subscribe((s) => (s === 'open' ? opened() : vlog(`channel ${dc.label} ${s}`)));
+    dc.onMessage.subscribe((data) => {
+      opened(); // a message proves the channel is open
+      const binary = typeof data !== 'string';
+      stats.messages++;
+      received.push({
+        ms: ms(),
+        channel: dc.label,
+        binary,
+        data: binary ? Buffer.from(data).toString('base64') : data,
+      });
+      vlog(`message on ${dc.label}: ${binary ? `${data.length} bytes` : JSON.stringify(data).slice(0, 120)}`);
+    });
+  });
+  return l;
+}
+
+async function apply(l, data) {
+  const pc = l.pc;
+  if (data.sdp) {
+    if (data.sdp.type !== 'offer') {
+      log(`ignoring a ${data.sdp.type} from the parent: the parent offers, we answer`);
+      return;
+    }
+    vlog(`offer:\n${data.sdp.sdp}`);
+    await pc.setRemoteDescription(data.sdp);
+    for (const c of l.early.splice(0)) await addCandidate(pc, c);
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    const local = pc.localDescription;
+    vlog(`answer:\n${local.sdp}`);
+    signal(l.peer, { sdp: { type: local.type, sdp: local.sdp } });
+  } else if ('candidate' in data) {
+    if (!data.candidate) return; // end of candidates
+    if (!pc.remoteDescription) l.early.push(data.candidate);
+    else await addCandidate(pc, data.candidate);
+  }
+}
+
+async function addCandidate(pc, c) {
+  try {
+    await pc.addIceCandidate(c);
+  } catch (err) {
+    // One unusable candidate must not stop the others.
+    log(`ignoring candidate ${c.candidate}: ${err.message}`);
+  }
+}
+
+function closeLink() {
+  const l = link;
+  link = null;
+  if (l) l.pc.close().catch(() => {});
+}
