@@ -182,7 +182,7 @@ async fn browser_leaf_decodes_h264_from_a_live_rtp_publisher() {
         (page.state().await.depth == Some(2)).then_some(())
     })
     .await;
-    let mut ff = ffmpeg_sends_h264(&s, &published, port);
+    let mut ff = ffmpeg_sends_h264(&s, &published, port, None);
     let t0 = Instant::now();
     let first = eventually("the leaf decodes", Duration::from_secs(20), || async {
         let st = page.state().await;

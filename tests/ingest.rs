@@ -40,10 +40,11 @@ fn ffmpeg_sends(s: &Scratch, to: SocketAddr) -> Proc {
     Proc::spawn_command(s, "ffmpeg", cmd, false)
 }
 
-/// A relay below the source recording to `leaf.ivf`, ready before the
-/// sender starts, so it gets the stream from its first frame.
-fn recorder(s: &Scratch, url: &str, tree: &str) -> (Proc, std::path::PathBuf) {
-    let rec = s.path("leaf.ivf");
+/// A relay recording to `file` (leaf.ivf, leaf.h264) in the scratch
+/// directory, once connected; ready before the sender starts, it gets the
+/// stream from its first frame.
+fn recorder(s: &Scratch, url: &str, tree: &str, file: &str) -> (Proc, std::path::PathBuf) {
+    let rec = s.path(file);
     let p = relay(
         s,
         "leaf",
@@ -63,7 +64,7 @@ fn ffmpeg_feeds_a_tree_frame_for_frame_with_its_timestamps() {
     let s = Scratch::new("ingest-ffmpeg");
     let (_sig, url) = signal_server(&s, &[]);
     let (src, port, tree) = rtp_source(&s, &url, "vp8");
-    let (_leaf, rec) = recorder(&s, &url, &tree);
+    let (_leaf, rec) = recorder(&s, &url, &tree, "leaf.ivf");
     let mut ff = ffmpeg_sends(&s, port);
     let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
     let n = file.frames().len();
@@ -102,7 +103,7 @@ fn reordered_lost_and_foreign_datagrams_in_the_input_are_survived() {
     let s = Scratch::new("ingest-rough");
     let (_sig, url) = signal_server(&s, &[]);
     let (src, port, tree) = rtp_source(&s, &url, "vp8");
-    let (_leaf, rec) = recorder(&s, &url, &tree);
+    let (_leaf, rec) = recorder(&s, &url, &tree, "leaf.ivf");
     let proxy = UdpSocket::bind("127.0.0.1:0").expect("proxy socket");
     proxy
         .set_read_timeout(Some(Duration::from_secs(3)))
@@ -185,30 +186,12 @@ fn h264_from_ffmpeg_reaches_a_recording_two_hops_down_nal_for_nal() {
     let (_src, port, tree) = rtp_source(&s, &url, "h264");
     // source -> mid -> leaf: the leaf gets the track as a relay mirrors it.
     let mid = relay(&s, "mid", &url, &tree, &["--k", "1"], "connected to parent");
-    let rec = s.path("leaf.h264");
-    let leaf = relay(
-        &s,
-        "leaf",
-        &url,
-        &tree,
-        &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
-        "connected to parent",
-    );
-    let mut ff = ffmpeg_sends_h264(&s, &published, port);
+    let (leaf, rec) = recorder(&s, &url, &tree, "leaf.h264");
+    let mut ff = ffmpeg_sends_h264(&s, &published, port, None);
     let source = std::fs::read(&published).expect("read the published stream");
     let want: Vec<&[u8]> = annex_b_nal_units(&source).collect();
     let last = *want.last().expect("NAL units");
-    let recorded = until(
-        "the last NAL unit recorded",
-        Duration::from_secs(30),
-        || {
-            let r = std::fs::read(&rec).ok()?;
-            annex_b_nal_units(&r)
-                .last()
-                .is_some_and(|n| n == last)
-                .then_some(r)
-        },
-    );
+    let recorded = recorded_through(&rec, last, Duration::from_secs(30));
     assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
     let got: Vec<&[u8]> = annex_b_nal_units(&recorded).collect();
     assert_eq!(got.len(), want.len(), "NAL units recorded");
@@ -257,21 +240,7 @@ fn an_sdp_file_from_ffmpeg_sets_up_the_input_with_the_senders_fmtp() {
         .and_then(|u| u.local_addr())
         .expect("a free port");
     let sdp = s.path("ffmpeg.sdp");
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args([
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-re",
-        "-framerate",
-        "30",
-        "-i",
-    ])
-    .arg(&published)
-    .args(["-c", "copy", "-f", "rtp", "-sdp_file"])
-    .arg(&sdp)
-    .arg(format!("rtp://{port}"));
-    let mut ff = Proc::spawn_command(&s, "ffmpeg", cmd, false);
+    let mut ff = ffmpeg_sends_h264(&s, &published, port, Some(&sdp));
     let text = until("ffmpeg's SDP file", Duration::from_secs(10), || {
         std::fs::read_to_string(&sdp)
             .ok()
@@ -294,30 +263,12 @@ fn an_sdp_file_from_ffmpeg_sets_up_the_input_with_the_senders_fmtp() {
     assert!(line.contains(&port.to_string()), "{line}");
     assert!(line.contains("profile-level-id=42C01E"), "{line}\n{text}");
     let tree = tree_id(&src);
-    let rec = s.path("leaf.h264");
-    let leaf = relay(
-        &s,
-        "leaf",
-        &url,
-        &tree,
-        &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
-        "connected to parent",
-    );
+    let (leaf, rec) = recorder(&s, &url, &tree, "leaf.h264");
     assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
     let source = std::fs::read(&published).expect("read the published stream");
     let want: Vec<&[u8]> = annex_b_nal_units(&source).collect();
     let last = *want.last().expect("NAL units");
-    let recorded = until(
-        "the last NAL unit recorded",
-        Duration::from_secs(10),
-        || {
-            let r = std::fs::read(&rec).ok()?;
-            annex_b_nal_units(&r)
-                .last()
-                .is_some_and(|n| n == last)
-                .then_some(r)
-        },
-    );
+    let recorded = recorded_through(&rec, last, Duration::from_secs(10));
     let got: Vec<&[u8]> = annex_b_nal_units(&recorded).collect();
     // From a keyframe (its SPS) to the end, nothing missing or repeated.
     assert_eq!(

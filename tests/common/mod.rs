@@ -645,8 +645,14 @@ pub(crate) fn encode_h264(s: &Scratch) -> std::path::PathBuf {
 }
 
 /// ffmpeg sending an Annex B H.264 file once, in real time, to `to`, as a
-/// live publisher does (`-c copy -f rtp`: its NAL units as they are).
-pub(crate) fn ffmpeg_sends_h264(s: &Scratch, file: &Path, to: SocketAddr) -> Proc {
+/// live publisher does (`-c copy -f rtp`: its NAL units as they are),
+/// announcing the stream in `sdp` if given (`-sdp_file`).
+pub(crate) fn ffmpeg_sends_h264(
+    s: &Scratch,
+    file: &Path,
+    to: SocketAddr,
+    sdp: Option<&Path>,
+) -> Proc {
     let mut cmd = Command::new("ffmpeg");
     cmd.args([
         "-nostdin",
@@ -658,6 +664,22 @@ pub(crate) fn ffmpeg_sends_h264(s: &Scratch, file: &Path, to: SocketAddr) -> Pro
         "-i",
     ])
     .arg(file)
-    .args(["-c", "copy", "-f", "rtp", &format!("rtp://{to}")]);
+    .args(["-c", "copy", "-f", "rtp"]);
+    if let Some(sdp) = sdp {
+        cmd.arg("-sdp_file").arg(sdp);
+    }
+    cmd.arg(format!("rtp://{to}"));
     Proc::spawn_command(s, "ffmpeg", cmd, false)
+}
+
+/// The recording at `rec` once it holds `last`, the published stream's
+/// last NAL unit.
+pub(crate) fn recorded_through(rec: &Path, last: &[u8], within: Duration) -> Vec<u8> {
+    until("the last NAL unit recorded", within, || {
+        let r = std::fs::read(rec).ok()?;
+        relay::media::annex_b_nal_units(&r)
+            .last()
+            .is_some_and(|n| n == last)
+            .then_some(r)
+    })
 }
