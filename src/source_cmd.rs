@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use relay::forward::TrackHub;
 use relay::forward::{ChannelSpec, DataMsg, Hub, TrackSpec};
 use relay::ingest::{self, IngestStats};
-use relay::media::{Codec, ALL_CODECS};
+use relay::media::Codec;
 use relay::node::{Node, NodeOptions, Seat};
 use relay::peer::LinkConfig;
 use relay::publish::{self, Progress};
@@ -79,14 +78,7 @@ const EMBEDDED_PORT: u16 = 8080;
 const EMBEDDED_PORT_TRIES: u16 = 20;
 
 fn parse_codec(name: &str) -> Result<Codec, String> {
-    ALL_CODECS
-        .into_iter()
-        .find(|c| {
-            c.mime()
-                .rsplit('/')
-                .next()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
+    Codec::from_encoding_name(name)
         .ok_or_else(|| format!("unknown codec {name}: vp8, vp9, av1, h264 or opus"))
 }
 
@@ -271,7 +263,7 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
                 let s = Arc::new(IngestStats::default());
                 let addr = socket.local_addr()?;
                 stats.push((addr, s.clone()));
-                let t: Arc<TrackHub> = track(codec, fmtp);
+                let t = track(codec, fmtp);
                 receivers.spawn(async move {
                     ingest::receive(socket, t, s)
                         .await

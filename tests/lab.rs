@@ -81,13 +81,11 @@ fn join_on(
     extra: &[&str],
     ready: &str,
 ) -> Proc {
-    let mut args = vec!["join", tree, "--signal", url];
-    args.extend_from_slice(extra);
-    let p = Proc::spawn_command(s, name, bin_in(host, &args), false);
-    until(&format!("{name}: {ready}"), Duration::from_secs(20), || {
-        log_has(&p, ready)
-    });
-    p
+    let args = join_args(url, tree, extra);
+    once_ready(
+        Proc::spawn_command(s, name, bin_in(host, &args), false),
+        ready,
+    )
 }
 
 /// Lines at WARN or ERROR in a process's log.

@@ -308,21 +308,23 @@ impl LegWriter {
                 continue;
             };
             let d = gate.on_packet(&p, Instant::now(), || self.hub.gop_snapshot());
+            let replayed = d.replay.len();
             for g in d.replay {
                 self.emit(&mut pace, g, pt).await;
             }
-            let track = &self.hub.spec.track_id;
-            let waited = since.elapsed().as_millis();
-            match d.started {
-                Some(Started::FromGroup(n)) => info!(
-                    child = %self.child,
-                    "started {track} from the current group ({n} packets) {waited} ms after connected"
-                ),
-                Some(Started::AtKeyframe) => info!(
-                    child = %self.child,
-                    "first keyframe for {track} after {waited} ms connected"
-                ),
-                None => {}
+            if let Some(started) = d.started {
+                let track = &self.hub.spec.track_id;
+                let waited = since.elapsed().as_millis();
+                match started {
+                    Started::FromGroup => info!(
+                        child = %self.child,
+                        "started {track} from the current group ({replayed} packets) {waited} ms after connected"
+                    ),
+                    Started::AtKeyframe => info!(
+                        child = %self.child,
+                        "first keyframe for {track} after {waited} ms connected"
+                    ),
+                }
             }
             match d.action {
                 Action::Send => self.send_paced(&mut pace, at, p, pt).await,

@@ -38,8 +38,8 @@ pub enum Action {
 /// How the child's stream began, for the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Started {
-    /// With a replay of the current group, of this many packets.
-    FromGroup(usize),
+    /// With a replay of the current group (the decision's `replay`).
+    FromGroup,
     /// At a keyframe as it came.
     AtKeyframe,
 }
@@ -102,7 +102,7 @@ impl LegGate {
             if self.fresh {
                 if let Some(mut g) = group() {
                     self.replayed = Replayed::retime(&mut g, self.codec.clock_rate(), now);
-                    d.started = Some(Started::FromGroup(g.len()));
+                    d.started = Some(Started::FromGroup);
                     d.replay = g;
                     self.fresh = false;
                     self.need_keyframe = false;
@@ -175,7 +175,7 @@ mod tests {
         let mut g = LegGate::new(Codec::Vp8);
         let group = vec![vp8(10, 0, true), vp8(11, 3000, false), vp8(12, 6000, false)];
         let d = g.on_packet(&vp8(13, 9000, false), t0, || Some(group));
-        assert_eq!(d.started, Some(Started::FromGroup(3)));
+        assert_eq!(d.started, Some(Started::FromGroup));
         assert_eq!(d.replay.len(), 3);
         // Retimed to end at the newest frame's timestamp, 1 ms apart.
         let ts: Vec<u32> = d.replay.iter().map(|p| p.header.timestamp).collect();

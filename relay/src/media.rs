@@ -137,6 +137,17 @@ impl Codec {
         }
     }
 
+    /// By its encoding name, the MIME type's subtype (`VP8`, `h264`, `opus`),
+    /// as `--codec` and an SDP `a=rtpmap` line give it; case-insensitive.
+    pub fn from_encoding_name(name: &str) -> Option<Codec> {
+        ALL_CODECS.into_iter().find(|c| {
+            c.mime()
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+    }
+
     /// Case-insensitive, as MIME types are.
     pub fn from_mime(mime: &str) -> Option<Codec> {
         ALL_CODECS

@@ -342,27 +342,23 @@ fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError
     let registry = configure_twcc_receiver_only(registry, &mut me)?;
     let registry = configure_rtcp_reports(registry);
     // After the feedback: retransmissions are not themselves NACKed.
-    let video_variants = ALL_CODECS.into_iter().flat_map(|codec| {
-        codec
-            .sdp_variants()
-            .into_iter()
-            .map(move |(_, apt, rtx)| (codec, apt, rtx))
-    });
-    for (codec, apt, rtx) in video_variants {
-        let Some(rtx) = rtx else {
-            continue;
-        };
-        let params = RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_RTX.into(),
-                clock_rate: codec.clock_rate(),
-                channels: 0,
-                sdp_fmtp_line: format!("apt={apt}"),
-                rtcp_feedback: vec![],
-            },
-            payload_type: rtx,
-        };
-        me.register_codec(params, RtpCodecKind::Video)?;
+    for codec in ALL_CODECS {
+        for (_, apt, rtx) in codec.sdp_variants() {
+            let Some(rtx) = rtx else {
+                continue;
+            };
+            let params = RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_RTX.into(),
+                    clock_rate: codec.clock_rate(),
+                    channels: 0,
+                    sdp_fmtp_line: format!("apt={apt}"),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: rtx,
+            };
+            me.register_codec(params, RtpCodecKind::Video)?;
+        }
     }
     let registry = UnwrapRtx::register(registry);
     let registry = FeedbackTap::register(registry);

@@ -92,8 +92,6 @@ pub struct Recorder {
     path: PathBuf,
     file: Option<File>,
     codec: Codec,
-    /// IVF, or an Annex B stream with no header or frame records (H.264).
-    ivf: bool,
     size_hint: Option<(u16, u16)>,
     frames_written: u64,
     frames_dropped: u64,
@@ -140,7 +138,6 @@ impl Recorder {
             path,
             file: Some(file),
             codec,
-            ivf: fourcc.is_some(),
             size_hint: None,
             frames_written: 0,
             frames_dropped: 0,
@@ -351,7 +348,7 @@ impl Recorder {
         if self.frame.take().is_some() {
             self.frames_dropped += 1;
         }
-        if !self.ivf {
+        if !self.is_ivf() {
             return file.flush().map_err(|source| RecordError::Io {
                 path: self.path.clone(),
                 source,
@@ -366,6 +363,12 @@ impl Recorder {
         file.seek(SeekFrom::Start(24)).map_err(io)?;
         file.write_all(&count.to_le_bytes()).map_err(io)?;
         file.flush().map_err(io)
+    }
+
+    /// IVF, or (H.264, which has no fourcc) an Annex B stream with no
+    /// header or frame records.
+    fn is_ivf(&self) -> bool {
+        self.codec.fourcc().is_some()
     }
 
     fn lose(&mut self, why: &str) {
@@ -431,7 +434,7 @@ impl Recorder {
             return Ok(None);
         }
         self.waiting_for_keyframe = false;
-        if self.frames_written == 0 && self.ivf {
+        if self.frames_written == 0 && self.is_ivf() {
             self.write_size(&data)?;
         }
         let ivf_timestamp = match self.last_written {
@@ -442,7 +445,7 @@ impl Recorder {
                 ivf + u64::from(step.max(0).unsigned_abs())
             }
         };
-        if self.ivf {
+        if self.is_ivf() {
             let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
             let mut record = Vec::with_capacity(12 + data.len());
             record.extend_from_slice(&size.to_le_bytes());

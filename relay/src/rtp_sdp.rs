@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::media::{Codec, ALL_CODECS};
+use crate::media::Codec;
 
 /// One stream to receive.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,10 +146,9 @@ fn payload_attribute(rest: &str) -> Option<(u8, &str)> {
     Some((pt.trim().parse().ok()?, value))
 }
 
+/// The codec of an `a=rtpmap` encoding name, if it is of the section's kind.
 fn codec_named(media: &str, name: &str) -> Option<Codec> {
-    ALL_CODECS
-        .into_iter()
-        .find(|c| c.mime().eq_ignore_ascii_case(&format!("{media}/{name}")))
+    Codec::from_encoding_name(name).filter(|c| c.is_video() == (media == "video"))
 }
 
 #[cfg(test)]

@@ -258,12 +258,24 @@ pub(crate) fn relay(
     extra: &[&str],
     ready: &str,
 ) -> Proc {
+    let p = Proc::spawn(s, name, &join_args(url, tree, extra), false);
+    once_ready(p, ready)
+}
+
+/// `join TREE --signal URL` and `extra`.
+pub(crate) fn join_args<'a>(url: &'a str, tree: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["join", tree, "--signal", url];
     args.extend_from_slice(extra);
-    let p = Proc::spawn(s, name, &args, false);
-    until(&format!("{name}: {ready}"), Duration::from_secs(20), || {
-        log_has(&p, ready)
-    });
+    args
+}
+
+/// `p`, once its log shows `ready`.
+pub(crate) fn once_ready(p: Proc, ready: &str) -> Proc {
+    until(
+        &format!("{}: {ready}", p.name),
+        Duration::from_secs(20),
+        || log_has(&p, ready),
+    );
     p
 }
 
