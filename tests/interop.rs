@@ -8,17 +8,18 @@
 //! --prefix tests/interop` (`.ci/run` does it); without them the tests say
 //! they were skipped, unless PEER_TREE_REQUIRE_BROWSER is set (CI).
 //!
-//! Known, not asserted yet: werift's data channel never opens below one of
-//! our relays. After DTLS neither side sends the SCTP INIT: rtc 0.21 sends it
-//! only as the DTLS client, and werift takes its SCTP role from its ICE role
-//! (an ICE-controlled answerer waits as the SCTP server) while it answers
-//! `setup:active`, which makes our relay the DTLS server. RFC 8841 §9.3 has
-//! both ends initiate.
+//! werift's data channel used to never open below one of our relays: after
+//! DTLS neither side sent the SCTP INIT. rtc 0.21 sends it only as the DTLS
+//! client, and werift takes its SCTP role from its ICE role (an
+//! ICE-controlled answerer waits as the SCTP server) while it answers
+//! `setup:active`, which makes our relay the DTLS server. The vendored rtc
+//! (vendor/README.md) now sends the INIT itself when none came.
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use relay::media::Codec;
@@ -62,15 +63,35 @@ fn packets_written(path: &std::path::Path) -> Vec<Packet> {
     packets
 }
 
+/// The texts of the messages `leaf.mjs --messages` wrote, in arrival order.
+fn messages_written(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let m: serde_json::Value = serde_json::from_str(l).expect("a message line");
+            let data = m["data"].as_str().expect("message data").to_owned();
+            if m["binary"].as_bool() == Some(true) {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&data)
+                    .expect("base64");
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                data
+            }
+        })
+        .collect()
+}
+
 #[test]
-fn werift_leaf_below_a_relay_gets_every_frame_byte_for_byte() {
+fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
     let Some(dir) = interop_or_skip("werift leaf") else {
         return;
     };
     let s = Scratch::new("interop-werift");
     let (_sig, url) = signal_server(&s, &[]);
     let video = sample("testsrc-640x360-vp8.ivf");
-    let (_src, tree) = looping_source(&s, &url, &video);
+    let (mut src, tree) = looping_source(&s, &url, &video);
     let _relay = relay(
         &s,
         "relay",
@@ -80,20 +101,25 @@ fn werift_leaf_below_a_relay_gets_every_frame_byte_for_byte() {
         "connected to parent",
     );
     let rtp = s.path("werift.rtp");
-    let out = Command::new("node")
-        .arg(dir.join("leaf.mjs"))
+    let messages = s.path("werift.messages");
+    let mut node = Command::new("node");
+    node.arg(dir.join("leaf.mjs"))
         .args([&url, &tree, "--seconds", "8", "--rtp-out"])
         .arg(&rtp)
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "leaf.mjs failed:\n{stdout}\n{stderr}");
-    let summary: serde_json::Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no summary from leaf.mjs:\n{stdout}\n{stderr}"));
+        .arg("--messages")
+        .arg(&messages);
+    let leaf = Proc::spawn_command(&s, "werift-leaf", node, false);
+    leaf.line("channel-open", Duration::from_secs(20));
+    let sent = send_numbered(src.stdin.as_mut().expect("source stdin"), 200);
+    let summary = leaf.line("{", Duration::from_secs(30));
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary JSON");
+
+    let got: Vec<String> = messages_written(&messages)
+        .into_iter()
+        .filter(|m| m.starts_with("msg-"))
+        .collect();
+    assert_eq!(got, sent, "werift leaf: messages complete and in order");
+
     // Reassembled as a recording relay would, from the first keyframe on.
     let packets = packets_written(&rtp);
     let ivf = s.path("werift.ivf");
@@ -113,11 +139,13 @@ fn werift_leaf_below_a_relay_gets_every_frame_byte_for_byte() {
     );
     eprintln!(
         "werift leaf below a relay: {} packets, {} frames byte for byte from file frame {start}, \
-         first packet {} ms after it started; data channel open: {}, messages {}",
+         first packet {} ms after it started; data channel open at {} ms, {} of {} messages \
+         in order",
         packets.len(),
         frames.len(),
         summary["first_packet_ms"],
         summary["channel_open_ms"],
-        summary["messages"]
+        got.len(),
+        sent.len()
     );
 }

@@ -9,6 +9,9 @@
 //
 //   {"packets":N,"messages":M,"first_packet_ms":T|null,"channel_open_ms":T|null}
 //
+// Before it, when the first data channel opens, it prints the line
+// `channel-open`, so a test knows when messages sent now will be received.
+//
 // With --rtp-out FILE it also writes every RTP packet it received, as it
 // arrived (after SRTP), each behind a 2-byte big-endian length, for the
 // test to reassemble and compare with what the source sent.
@@ -303,6 +306,7 @@ function openLink(peer) {
       if (stats.channel_open_ms === null) {
         stats.channel_open_ms = ms();
         log(`data channel "${dc.label}" open`);
+        process.stdout.write('channel-open\n');
       }
     };
     if (dc.readyState === 'open') opened();
