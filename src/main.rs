@@ -5,6 +5,7 @@ mod join_cmd;
 mod media_cmd;
 mod signal_cmd;
 mod source_cmd;
+mod whip_http;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,7 @@
-//! `peer-tree-relay source --file video.ivf` (or `--rtp ADDR --codec C`):
-//! create a tree and stream a file, or what a live sender sends over RTP,
-//! into it, with an embedded signalling server unless --signal names one.
+//! `peer-tree-relay source --file video.ivf` (or `--rtp ADDR --codec C`, or
+//! `--whip ADDR`): create a tree and stream a file, what a live sender sends
+//! over RTP, or what a WHIP publisher sends, into it, with an embedded
+//! signalling server unless --signal names one.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -19,16 +20,18 @@ use relay::peer::LinkConfig;
 use relay::publish::{self, Progress};
 use relay::rtp_sdp::{self, RtpInput};
 use relay::source::{AudioFile, VideoFile};
+use relay::whip::WhipIngest;
 use signalling::server::{self, ServerConfig, ServerHandle};
 use tracing::info;
 
 use crate::media_cmd::{report_exit, udp_addrs, SignalTls};
 use crate::shutdown_signal;
+use crate::whip_http;
 
 #[derive(Args)]
 pub(crate) struct SourceArgs {
     /// IVF file with VP8, VP9 or AV1 video.
-    #[arg(long, value_name = "VIDEO.ivf", required_unless_present_any = ["rtp", "sdp"])]
+    #[arg(long, value_name = "VIDEO.ivf", required_unless_present_any = ["rtp", "sdp", "whip"])]
     file: Option<PathBuf>,
     /// Ogg file with Opus audio, played alongside.
     #[arg(long, value_name = "AUDIO.ogg", requires = "file")]
@@ -54,6 +57,22 @@ pub(crate) struct SourceArgs {
     /// are kept: H.264 is offered in the profile the sender has.
     #[arg(long, value_name = "FILE.sdp", conflicts_with_all = ["file", "rtp"])]
     sdp: Option<PathBuf>,
+    /// Instead of a file: serve WHIP (RFC 9725) on this address, for OBS
+    /// (Settings > Stream > Service: WHIP), GStreamer or a browser. The
+    /// endpoint is http://ADDR:PORT/whip; the tree is created when the first
+    /// publisher arrives and stays when it leaves, for the next one.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["file", "rtp", "sdp"])]
+    whip: Option<SocketAddr>,
+    /// The bearer token WHIP publishers must send (`Authorization: Bearer
+    /// TOKEN`; OBS's "Bearer Token" field). Without it anyone who reaches
+    /// the address may publish.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PEER_TREE_WHIP_TOKEN",
+        requires = "whip"
+    )]
+    whip_token: Option<String>,
     /// An existing signalling server (ws:// or wss://). Without it the
     /// source runs its own on 127.0.0.1:8080 (or the next free port).
     #[arg(long, value_name = "ws://HOST:PORT/ws")]
@@ -95,6 +114,8 @@ enum Input {
     },
     /// Bound sockets, each with its track's codec and fmtp line.
     Rtp(Vec<(tokio::net::UdpSocket, Codec, String)>),
+    /// A WHIP endpoint's address.
+    Whip(SocketAddr),
 }
 
 impl Input {
@@ -118,6 +139,9 @@ impl Input {
                 audio,
                 looping: args.looping,
             });
+        }
+        if let Some(addr) = args.whip {
+            return Ok(Input::Whip(addr));
         }
         let wanted: Vec<RtpInput> = match &args.sdp {
             Some(path) => {
@@ -175,6 +199,29 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
         }
     };
     let (client, events) = args.tls.connect(&signal_url).await?;
+    let link = LinkConfig {
+        udp_addrs: udp_addrs(&signal_url, &args.udp_addrs)?,
+        ice_servers: client.hello().ice_servers.clone(),
+    };
+    let (hub, overflow) = Hub::new();
+    if let Input::Whip(addr) = &input {
+        let (ingest, first) = WhipIngest::new(link.clone(), hub.clone());
+        let url = whip_http::serve(*addr, ingest, args.whip_token.clone()).await?;
+        println!("whip:  {url}");
+        let _ = std::io::stdout().flush();
+        info!(
+            "waiting for a WHIP publisher{}",
+            if args.whip_token.is_some() {
+                " (with the bearer token)"
+            } else {
+                ""
+            }
+        );
+        tokio::select! {
+            r = first => r.context("the WHIP endpoint stopped")?,
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
     let created = client.create(args.k1).await?;
     let http_base = signal_url
         .replacen("ws://", "http://", 1)
@@ -200,7 +247,6 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
     }
     let _ = std::io::stdout().flush();
 
-    let (hub, overflow) = Hub::new();
     // The id comes from the server: cut by characters, not bytes.
     let short: String = created.tree.chars().take(8).collect();
     let stream_id = format!("peer-tree-{short}");
@@ -278,6 +324,11 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
             };
             (Box::pin(feeding) as Feeding, Fed::Rtp(stats))
         }
+        // Publishers come and go; the tree stays until the source is stopped.
+        Input::Whip(_) => (
+            Box::pin(std::future::pending()) as Feeding,
+            Fed::Whip(hub.clone()),
+        ),
     };
     let reporter = tokio::spawn(report_progress(
         fed,
@@ -287,10 +338,7 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
     ));
 
     let opts = NodeOptions {
-        link: LinkConfig {
-            udp_addrs: udp_addrs(&signal_url, &args.udp_addrs)?,
-            ice_servers: client.hello().ice_servers.clone(),
-        },
+        link,
         ..NodeOptions::default()
     };
     let seat = Seat::Source {
@@ -361,6 +409,7 @@ fn read_lines(src: &str) -> Result<Box<dyn Iterator<Item = String> + Send>> {
 enum Fed {
     File(Arc<Progress>),
     Rtp(Vec<(SocketAddr, Arc<IngestStats>)>),
+    Whip(Arc<Hub>),
 }
 
 impl Fed {
@@ -371,6 +420,11 @@ impl Fed {
             Fed::Rtp(inputs) => inputs
                 .iter()
                 .map(|(_, s)| s.bytes.load(Ordering::Relaxed))
+                .sum(),
+            Fed::Whip(hub) => hub
+                .tracks()
+                .iter()
+                .map(|t| t.bytes_in.load(Ordering::Relaxed))
                 .sum(),
         }
     }
@@ -394,6 +448,14 @@ impl Fed {
                     })
                     .sum();
                 format!("{packets} RTP packets in ({bad} dropped)")
+            }
+            Fed::Whip(hub) => {
+                let packets: u64 = hub
+                    .tracks()
+                    .iter()
+                    .map(|t| t.packets_in.load(Ordering::Relaxed))
+                    .sum();
+                format!("{packets} RTP packets in from WHIP")
             }
         }
     }

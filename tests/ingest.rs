@@ -3,42 +3,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use relay::media::annex_b_nal_units;
 use relay::source::VideoFile;
-
-/// ffmpeg, or None (with the reason printed) where it is missing and the
-/// run does not require it; `.ci/run` installs it and requires it.
-fn ffmpeg_or_skip(test: &str) -> Option<()> {
-    let found = Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(());
-    }
-    assert!(
-        std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
-        "{test}: ffmpeg is required (PEER_TREE_REQUIRE_BROWSER is set) but not found"
-    );
-    eprintln!("{test}: skipped: ffmpeg not found (apt-get install ffmpeg)");
-    None
-}
-
-/// ffmpeg sending the sample once, in real time, to `to`.
-fn ffmpeg_sends(s: &Scratch, to: SocketAddr) -> Proc {
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-nostdin", "-loglevel", "error", "-re", "-i"])
-        .arg(sample("testsrc-640x360-vp8.ivf"))
-        .args(["-c", "copy", "-f", "rtp", "-sdp_file"])
-        .arg(s.path("ffmpeg.sdp"))
-        .arg(format!("rtp://{to}"));
-    Proc::spawn_command(s, "ffmpeg", cmd, false)
-}
 
 /// A relay recording to `file` (leaf.ivf, leaf.h264) in the scratch
 /// directory, once connected; ready before the sender starts, it gets the
@@ -65,7 +36,7 @@ fn ffmpeg_feeds_a_tree_frame_for_frame_with_its_timestamps() {
     let (_sig, url) = signal_server(&s, &[]);
     let (src, port, tree) = rtp_source(&s, &url, "vp8");
     let (_leaf, rec) = recorder(&s, &url, &tree, "leaf.ivf");
-    let mut ff = ffmpeg_sends(&s, port);
+    let mut ff = ffmpeg_sends(&s, &sample("testsrc-640x360-vp8.ivf"), port);
     let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
     let n = file.frames().len();
     let recorded = until("every frame recorded", Duration::from_secs(30), || {
@@ -109,7 +80,7 @@ fn reordered_lost_and_foreign_datagrams_in_the_input_are_survived() {
         .set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
     let proxy_addr = proxy.local_addr().expect("proxy address");
-    let mut ff = ffmpeg_sends(&s, proxy_addr);
+    let mut ff = ffmpeg_sends(&s, &sample("testsrc-640x360-vp8.ivf"), proxy_addr);
     let (mut passed, mut swapped, mut dropped) = (0u32, 0u32, 0u32);
     let mut held: Option<Vec<u8>> = None;
     let mut buf = [0u8; 2048];

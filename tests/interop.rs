@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,26 +26,6 @@ use relay::record::Recorder;
 use relay::source::VideoFile;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::Unmarshal;
-
-/// The driver directory, if node and its packages are there.
-fn interop_or_skip(test: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if node && dir.join("node_modules/werift").is_dir() {
-        return Some(dir);
-    }
-    let what =
-        format!("{test}: needs node and the drivers' packages (npm ci --prefix tests/interop)");
-    assert!(
-        std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
-        "{what}; PEER_TREE_REQUIRE_BROWSER is set, so this is a failure"
-    );
-    eprintln!("skipped: {what}");
-    None
-}
 
 /// The packets `leaf.mjs --rtp-out` wrote, each behind its 2-byte length.
 fn packets_written(path: &std::path::Path) -> Vec<Packet> {
@@ -85,7 +64,7 @@ fn messages_written(path: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
-    let Some(dir) = interop_or_skip("werift leaf") else {
+    let Some(dir) = node_drivers_or_skip("werift leaf") else {
         return;
     };
     let s = Scratch::new("interop-werift");

@@ -111,6 +111,8 @@ pub struct TrackHub {
     outgoing: Mutex<(Splice, Repairs)>,
     gop: Mutex<GopCache>,
     pub packets_in: AtomicU64,
+    /// RTP payload bytes of those packets.
+    pub bytes_in: AtomicU64,
     pub packets_dropped: AtomicU64,
 }
 
@@ -135,6 +137,7 @@ impl TrackHub {
             outgoing: Mutex::default(),
             gop: Mutex::default(),
             packets_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
             packets_dropped: AtomicU64::new(0),
         }
     }
@@ -142,6 +145,8 @@ impl TrackHub {
     /// One packet to every leg, without waiting for any of them.
     pub fn forward(&self, pkt: &Packet) -> Forwarded {
         self.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
         let (pkt, gap_before) = {
             let mut out = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);

@@ -33,6 +33,7 @@ pub mod source;
 pub mod splice;
 pub mod tap;
 pub mod upstream;
+pub mod whip;
 
 /// Errors of the media engine.
 #[derive(Debug, thiserror::Error)]

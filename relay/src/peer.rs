@@ -23,9 +23,9 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 use rtc::ice::mdns::MulticastDnsMode;
@@ -211,11 +211,38 @@ pub enum Applied {
     Nothing,
 }
 
+/// Where a link's own descriptions and candidates go.
+#[derive(Clone)]
+pub enum Signals {
+    /// To the neighbour through the signalling server (PROTOCOL.md), each
+    /// candidate as it is found.
+    Tree(Client),
+    /// Back in the reply to one HTTP request (WHIP, WHEP): the answer holds
+    /// every candidate, so nothing is sent on its own.
+    InAnswer,
+}
+
+impl Signals {
+    fn send(&self, to: &str, data: &Value) -> Result<(), RelayError> {
+        match self {
+            Signals::Tree(client) => Ok(client.signal(to, data)?),
+            Signals::InAnswer => Ok(()),
+        }
+    }
+}
+
+/// How long an answer for an HTTP exchange waits for candidate gathering:
+/// host candidates take milliseconds, a STUN or TURN server that does not
+/// reply must not hold the publisher's request for long.
+const GATHER_WAIT: Duration = Duration::from_secs(3);
+
 /// One peer connection with one neighbour (the parent or a child).
 pub struct Link {
     pub pc: Arc<dyn PeerConnection>,
     pub remote: String,
-    client: Client,
+    signals: Signals,
+    /// Becomes true when candidate gathering is complete.
+    gathered: tokio::sync::watch::Receiver<bool>,
     /// Candidates that arrived before the description they belong to
     /// (werift and browsers send them so); applied once it is set.
     early_candidates: Mutex<Vec<RTCIceCandidateInit>>,
@@ -227,7 +254,8 @@ pub struct Link {
 
 struct Handler {
     remote: String,
-    client: Client,
+    signals: Signals,
+    gathered: tokio::sync::watch::Sender<bool>,
     events: LinkEvents,
     gate: Arc<RelayedCheckGate>,
 }
@@ -249,11 +277,16 @@ impl PeerConnectionEventHandler for Handler {
         init.sdp_mid = Some("0".into());
         init.sdp_mline_index = Some(0);
         if let Err(e) = self
-            .client
-            .signal(&self.remote, &json!({ "candidate": init }))
+            .signals
+            .send(&self.remote, &json!({ "candidate": init }))
         {
             debug!(peer = %self.remote, "candidate not sent: {e}");
         }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        self.gathered
+            .send_replace(state == RTCIceGatheringState::Complete);
     }
 
     // These run on the connection's own driver task: hand the objects over
@@ -309,11 +342,11 @@ pub(crate) const NACK_HISTORY_PACKETS: u16 = 2048;
 /// and the interceptor chain: webrtc-rs's default one with the NACK history
 /// above and our NACKs (nack.rs), RTX unwrapped before them (rtx.rs), and
 /// the feedback tap (feedback.rs).
-fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError> {
+fn media_engine_and_interceptors(codecs: &[Codec]) -> Result<(MediaEngine, Registry), RelayError> {
     let mut me = MediaEngine::default();
     // Codecs before feedback: `register_feedback` adds its lines to the
     // codecs registered so far, and the SDP needs them (nack, nack pli).
-    for codec in ALL_CODECS {
+    for &codec in codecs {
         for (rtp_codec, payload_type, _) in codec.sdp_variants() {
             let params = RTCRtpCodecParameters {
                 rtp_codec,
@@ -342,7 +375,7 @@ fn media_engine_and_interceptors() -> Result<(MediaEngine, Registry), RelayError
     let registry = configure_twcc_receiver_only(registry, &mut me)?;
     let registry = configure_rtcp_reports(registry);
     // After the feedback: retransmissions are not themselves NACKed.
-    for codec in ALL_CODECS {
+    for &codec in codecs {
         for (_, apt, rtx) in codec.sdp_variants() {
             let Some(rtx) = rtx else {
                 continue;
@@ -375,29 +408,67 @@ pub fn rtp_kind(codec: Codec) -> RtpCodecKind {
 }
 
 impl Link {
-    /// Builds the peer connection to `remote`. Nothing is sent until the
-    /// caller offers (the upstream end always offers, rule 1).
+    /// Builds the peer connection to tree neighbour `remote`. Nothing is
+    /// sent until the caller offers (the upstream end always offers, rule 1).
     pub async fn new(
         cfg: &LinkConfig,
         client: &Client,
         remote: &str,
         events: LinkEvents,
     ) -> Result<Arc<Link>, RelayError> {
+        Self::with(
+            cfg,
+            Signals::Tree(client.clone()),
+            &ALL_CODECS,
+            remote,
+            events,
+        )
+        .await
+    }
+
+    /// A peer connection negotiated by one HTTP exchange (WHIP, WHEP; see
+    /// [`Link::answer_whole`]), in `codecs` only, so the answer names the
+    /// one codec per kind the tree carries.
+    pub async fn for_http(
+        cfg: &LinkConfig,
+        codecs: &[Codec],
+        remote: &str,
+        events: LinkEvents,
+    ) -> Result<Arc<Link>, RelayError> {
+        Self::with(cfg, Signals::InAnswer, codecs, remote, events).await
+    }
+
+    async fn with(
+        cfg: &LinkConfig,
+        signals: Signals,
+        codecs: &[Codec],
+        remote: &str,
+        events: LinkEvents,
+    ) -> Result<Arc<Link>, RelayError> {
         let gate = Arc::new(RelayedCheckGate::new(ICE_RELAY_WAIT));
-        let pc = match Self::build(cfg, client, remote, &events, &gate, mdns_mode()).await {
+        let (gathered_tx, gathered) = tokio::sync::watch::channel(false);
+        let handler = Arc::new(Handler {
+            remote: remote.to_owned(),
+            signals: signals.clone(),
+            gathered: gathered_tx,
+            events,
+            gate: gate.clone(),
+        });
+        let pc = match Self::build(cfg, codecs, &handler, &gate, mdns_mode()).await {
             Err(e) if mdns_mode() != MulticastDnsMode::Disabled && is_io_error(&e) => {
                 // The probe passed but the socket failed now (a route went
                 // away): mDNS off from here on, and this link tries again.
                 mdns_failed(&e);
                 let off = MulticastDnsMode::Disabled;
-                Self::build(cfg, client, remote, &events, &gate, off).await?
+                Self::build(cfg, codecs, &handler, &gate, off).await?
             }
             other => other?,
         };
         Ok(Arc::new(Link {
             pc: Arc::new(pc),
             remote: remote.to_owned(),
-            client: client.clone(),
+            signals,
+            gathered,
             early_candidates: Mutex::default(),
             remote_set: AtomicBool::new(false),
             remote_has_data: AtomicBool::new(false),
@@ -406,13 +477,12 @@ impl Link {
 
     async fn build(
         cfg: &LinkConfig,
-        client: &Client,
-        remote: &str,
-        events: &LinkEvents,
+        codecs: &[Codec],
+        handler: &Arc<Handler>,
         gate: &Arc<RelayedCheckGate>,
         mdns: MulticastDnsMode,
     ) -> Result<impl PeerConnection, RelayError> {
-        let (me, registry) = media_engine_and_interceptors()?;
+        let (me, registry) = media_engine_and_interceptors(codecs)?;
         let settings = SettingEngineBuilder::new()
             .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
             .with_ice_timeouts(
@@ -449,12 +519,7 @@ impl Link {
             // limit; with it, sends wait, the child's leg queue fills, and the
             // node drops that child (forward.rs).
             .with_data_channel_send_buffer_limit(DATA_CHANNEL_SEND_BUFFER)
-            .with_handler(Arc::new(Handler {
-                remote: remote.to_owned(),
-                client: client.clone(),
-                events: events.clone(),
-                gate: gate.clone(),
-            }));
+            .with_handler(handler.clone());
         let addrs: Vec<SocketAddr> = if cfg.udp_addrs.is_empty() {
             vec![SocketAddr::from(([0, 0, 0, 0], 0))]
         } else {
@@ -467,8 +532,27 @@ impl Link {
     pub async fn offer(&self) -> Result<(), RelayError> {
         let offer = self.pc.create_offer(None).await?;
         self.pc.set_local_description(offer.clone()).await?;
-        self.client.signal(&self.remote, &json!({ "sdp": offer }))?;
+        self.signals.send(&self.remote, &json!({ "sdp": offer }))?;
         Ok(())
+    }
+
+    /// Answers `offer` with a description that holds every local candidate,
+    /// for an HTTP exchange (RFC 9725 §4.3.2: the server does not trickle).
+    pub async fn answer_whole(&self, offer: &str) -> Result<String, RelayError> {
+        let data = json!({ "sdp": { "type": "offer", "sdp": offer } });
+        self.on_signal(&data.to_string()).await?;
+        let mut gathered = self.gathered.clone();
+        if tokio::time::timeout(GATHER_WAIT, gathered.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            debug!(peer = %self.remote, "answering with the candidates gathered in {GATHER_WAIT:?}");
+        }
+        let answer =
+            self.pc.local_description().await.ok_or_else(|| {
+                RelayError::BadSignal("no local description after answering".into())
+            })?;
+        Ok(answer.sdp)
     }
 
     /// Applies one `signal` payload from the neighbour: an offer (answered),
@@ -498,8 +582,7 @@ impl Link {
             }
             let answer = self.pc.create_answer(None).await?;
             self.pc.set_local_description(answer.clone()).await?;
-            self.client
-                .signal(&self.remote, &json!({ "sdp": answer }))?;
+            self.signals.send(&self.remote, &json!({ "sdp": answer }))?;
             return Ok(Applied::Offer);
         }
         match v.get("candidate") {

@@ -1,17 +1,18 @@
-//! The RTP streams a session description announces, as a live sender
-//! writes one (`ffmpeg ... -f rtp -sdp_file out.sdp`, GStreamer's sdp
-//! output): where each arrives, its codec and its fmtp line. With the fmtp
-//! line from the sender, a tree offers H.264 in the profile and
-//! packetization mode it really has, instead of a default.
+//! The media a session description announces: as a live sender writes one
+//! (`ffmpeg ... -f rtp -sdp_file out.sdp`, GStreamer's sdp output), where
+//! each RTP stream arrives, its codec and its fmtp line; as a WHIP publisher
+//! offers one, the codecs of each section it sends. With the fmtp line from
+//! the sender, a tree offers H.264 in the profile and packetization mode it
+//! really has, instead of a default.
 //!
-//! Only what plain RTP in needs is read (RFC 8866): `c=` at session or
-//! media level, `m=` with its port and payload types, `a=rtpmap` and
-//! `a=fmtp`. Everything else is skipped; nothing in the text can panic it.
+//! Only what that needs is read (RFC 8866): `c=` at session or media level,
+//! `m=` with its port and payload types, `a=rtpmap`, `a=fmtp` and the
+//! direction. Everything else is skipped; nothing in the text can panic it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::media::Codec;
+use crate::media::{Codec, H264_VARIANTS};
 
 /// One stream to receive.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,12 +33,29 @@ pub enum SdpError {
     NoMedia,
 }
 
+/// An audio or video section, with the formats in it the tree can carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaSection {
+    /// `audio` or `video`.
+    pub media: String,
+    /// 0 for a section the offerer turned off.
+    pub port: u16,
+    /// The section's `c=` address, or the session's.
+    pub address: Option<IpAddr>,
+    /// False when the direction is `recvonly` or `inactive`.
+    pub sends: bool,
+    /// (codec, fmtp line) in the offerer's order of preference; H.264 only
+    /// in packetization mode 1 and a profile of [`H264_VARIANTS`].
+    pub formats: Vec<(Codec, String)>,
+}
+
 #[derive(Default)]
 struct Section {
     media: String,
     port: u16,
     payload_types: Vec<u8>,
     address: Option<IpAddr>,
+    direction: Option<String>,
     rtpmap: HashMap<u8, String>,
     fmtp: HashMap<u8, String>,
 }
@@ -46,6 +64,29 @@ struct Section {
 /// payload type in a codec the tree carries. Sections in other codecs are
 /// left out; none at all is an error.
 pub fn parse(text: &str) -> Result<Vec<RtpInput>, SdpError> {
+    let mut inputs = Vec::new();
+    for s in sections(text)? {
+        let Some((codec, fmtp)) = s.formats.first().cloned() else {
+            continue;
+        };
+        let ip = s.address.ok_or(SdpError::NoAddress {
+            media: s.media.clone(),
+            port: s.port,
+        })?;
+        inputs.push(RtpInput {
+            addr: SocketAddr::new(ip, s.port),
+            codec,
+            fmtp,
+        });
+    }
+    if inputs.is_empty() {
+        return Err(SdpError::NoMedia);
+    }
+    Ok(inputs)
+}
+
+/// Every audio and video section of `text`.
+pub fn sections(text: &str) -> Result<Vec<MediaSection>, SdpError> {
     let mut session_address = None;
     let mut sections: Vec<Section> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -86,7 +127,9 @@ pub fn parse(text: &str) -> Result<Vec<RtpInput>, SdpError> {
                 let Some(s) = sections.last_mut() else {
                     continue;
                 };
-                if let Some(rest) = value.strip_prefix("rtpmap:") {
+                if matches!(value, "sendrecv" | "sendonly" | "recvonly" | "inactive") {
+                    s.direction = Some(value.to_owned());
+                } else if let Some(rest) = value.strip_prefix("rtpmap:") {
                     let (pt, name) =
                         payload_attribute(rest).ok_or_else(|| bad("a=rtpmap:PT NAME/RATE"))?;
                     let name = name.split('/').next().unwrap_or_default();
@@ -100,33 +143,41 @@ pub fn parse(text: &str) -> Result<Vec<RtpInput>, SdpError> {
             _ => {}
         }
     }
-    let mut inputs = Vec::new();
-    for s in sections {
-        if s.media != "audio" && s.media != "video" {
-            continue;
-        }
-        let found = s.payload_types.iter().find_map(|pt| {
-            let name = s.rtpmap.get(pt)?;
-            let codec = codec_named(&s.media, name)?;
-            Some((codec, s.fmtp.get(pt).cloned()))
-        });
-        let Some((codec, fmtp)) = found else {
-            continue;
-        };
-        let ip = s.address.or(session_address).ok_or(SdpError::NoAddress {
-            media: s.media.clone(),
-            port: s.port,
-        })?;
-        inputs.push(RtpInput {
-            addr: SocketAddr::new(ip, s.port),
-            codec,
-            fmtp: fmtp.unwrap_or_else(|| codec.sdp_fmtp_line().to_owned()),
-        });
-    }
-    if inputs.is_empty() {
-        return Err(SdpError::NoMedia);
-    }
-    Ok(inputs)
+    Ok(sections
+        .into_iter()
+        .filter(|s| s.media == "audio" || s.media == "video")
+        .map(|s| {
+            let formats = s
+                .payload_types
+                .iter()
+                .filter_map(|pt| {
+                    let codec = codec_named(&s.media, s.rtpmap.get(pt)?)?;
+                    let fmtp = s
+                        .fmtp
+                        .get(pt)
+                        .cloned()
+                        .unwrap_or_else(|| codec.sdp_fmtp_line().to_owned());
+                    carried(codec, &fmtp).then_some((codec, fmtp))
+                })
+                .collect();
+            MediaSection {
+                address: s.address.or(session_address),
+                sends: !matches!(s.direction.as_deref(), Some("recvonly" | "inactive")),
+                formats,
+                media: s.media,
+                port: s.port,
+            }
+        })
+        .collect())
+}
+
+/// Whether members can be offered this format: H.264 in one of the
+/// variants every link registers, anything else as it is.
+fn carried(codec: Codec, fmtp: &str) -> bool {
+    codec != Codec::H264
+        || H264_VARIANTS
+            .iter()
+            .any(|(v, _, _)| codec.same_format(fmtp, v))
 }
 
 /// `IN IP4 127.0.0.1` (a multicast `/ttl` suffix is left off).

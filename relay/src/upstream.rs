@@ -90,11 +90,23 @@ impl Upstream {
                 kind, codec_info.mime_type
             )));
         }
+        // A sender that announced no msid (werift as a WHIP publisher) still
+        // gets named tracks: browsers below need a stream to put them in.
+        let named = |id: String, default: &str| {
+            if id.is_empty() {
+                default.to_owned()
+            } else {
+                id
+            }
+        };
         let spec = TrackSpec {
             codec,
             fmtp: codec_info.sdp_fmtp_line.clone(),
-            stream_id: track.stream_id().await,
-            track_id: track.track_id().await,
+            stream_id: named(track.stream_id().await, "peer-tree"),
+            track_id: named(
+                track.track_id().await,
+                if codec.is_video() { "video" } else { "audio" },
+            ),
         };
         info!(
             "upstream track {} ({}, stream {})",

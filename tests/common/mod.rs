@@ -695,3 +695,52 @@ pub(crate) fn recorded_through(rec: &Path, last: &[u8], within: Duration) -> Vec
             .then_some(r)
     })
 }
+
+/// ffmpeg, or None (with the reason printed) where it is missing and the
+/// run does not require it; `.ci/run` installs it and requires it.
+pub(crate) fn ffmpeg_or_skip(test: &str) -> Option<()> {
+    let found = Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(());
+    }
+    assert!(
+        std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
+        "{test}: ffmpeg is required (PEER_TREE_REQUIRE_BROWSER is set) but not found"
+    );
+    eprintln!("{test}: skipped: ffmpeg not found (apt-get install ffmpeg)");
+    None
+}
+
+/// ffmpeg sending an IVF `file` once, in real time, to `to`.
+pub(crate) fn ffmpeg_sends(s: &Scratch, file: &Path, to: SocketAddr) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-loglevel", "error", "-re", "-i"])
+        .arg(file)
+        .args(["-c", "copy", "-f", "rtp", "-sdp_file"])
+        .arg(s.path("ffmpeg.sdp"))
+        .arg(format!("rtp://{to}"));
+    Proc::spawn_command(s, "ffmpeg", cmd, false)
+}
+
+/// The driver directory, if node and its packages are there.
+pub(crate) fn node_drivers_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if node && dir.join("node_modules/werift").is_dir() {
+        return Some(dir);
+    }
+    let what =
+        format!("{test}: needs node and the drivers' packages (npm ci --prefix tests/interop)");
+    assert!(
+        std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
+        "{what}; PEER_TREE_REQUIRE_BROWSER is set, so this is a failure"
+    );
+    eprintln!("skipped: {what}");
+    None
+}

@@ -1,0 +1,344 @@
+//! WHIP in (RFC 9725): a publisher (OBS, GStreamer, a browser) sends its
+//! tracks and data channels to the source over one WebRTC session set up by
+//! HTTP. They feed the tree's hub exactly as a parent's feed a relay's
+//! (upstream.rs): packets byte for byte, a child's keyframe request passed
+//! on to the publisher.
+//!
+//! One publisher at a time. When its session ends (DELETE, or its connection
+//! fails) the tree stays: its tracks wait unfed, members keep their
+//! connections, and the next publisher's tracks are spliced on (the hub
+//! reuses an unfed track of the same codec), so a publisher that reconnects
+//! resumes the same tree. For that the tree keeps the codec of each kind it
+//! started with: later publishers are answered in that codec only.
+//!
+//! HTTP itself (methods, status codes, tokens) is the binary's; this module
+//! takes offers and candidate fragments and gives answers and errors.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use crate::forward::Hub;
+use crate::media::Codec;
+use crate::peer::{Link, LinkConfig, LinkEvent};
+use crate::rtp_sdp;
+use crate::upstream::Upstream;
+use crate::RelayError;
+
+/// How long ending a session may take before its task is cut off.
+const END_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WhipError {
+    /// Another publisher's session is live.
+    #[error("a publisher is already sending to this tree; it must end its session (DELETE) first")]
+    Busy,
+    /// The offer is SDP, but not one this tree can take.
+    #[error("{0}")]
+    Unusable(String),
+    #[error("no such session: it ended, or never existed")]
+    NoSession,
+    #[error("could not set up the session: {0}")]
+    Failed(#[from] RelayError),
+}
+
+/// The WHIP ingest of one source.
+pub struct WhipIngest {
+    cfg: LinkConfig,
+    hub: Arc<Hub>,
+    state: tokio::sync::Mutex<State>,
+    first: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[derive(Default)]
+struct State {
+    session: Option<Session>,
+    /// The codec of each kind, fixed by the first publisher.
+    codecs: Vec<Codec>,
+    sessions_started: u64,
+}
+
+struct Session {
+    id: String,
+    candidates: mpsc::UnboundedSender<Candidates>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// Candidate lines of a PATCH, for the session's task to apply.
+struct Candidates {
+    mid: String,
+    lines: Vec<String>,
+}
+
+impl WhipIngest {
+    /// An ingest feeding `hub`, and what resolves when the first publisher's
+    /// session is set up.
+    pub fn new(cfg: LinkConfig, hub: Arc<Hub>) -> (Arc<WhipIngest>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let ingest = WhipIngest {
+            cfg,
+            hub,
+            state: tokio::sync::Mutex::default(),
+            first: Mutex::new(Some(tx)),
+        };
+        (Arc::new(ingest), rx)
+    }
+
+    /// Answers a publisher's offer; returns the new session's id and the
+    /// answer, which holds every candidate of this end.
+    pub async fn publish(&self, offer: &str) -> Result<(String, String), WhipError> {
+        let mut state = self.state.lock().await;
+        if state
+            .session
+            .as_ref()
+            .is_some_and(|s| !s.task.is_finished())
+        {
+            return Err(WhipError::Busy);
+        }
+        let codecs = choose_codecs(offer, &state.codecs)?;
+        let id = format!("{:032x}", rand::random::<u128>());
+        state.sessions_started += 1;
+        let remote = format!("publisher-{}", state.sessions_started);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let link = Link::for_http(&self.cfg, &codecs, &remote, events_tx).await?;
+        let answer = match link.answer_whole(offer).await {
+            Ok(a) => a,
+            Err(e) => {
+                link.close().await;
+                return Err(match e {
+                    RelayError::Webrtc(e) => WhipError::Unusable(format!("the offer: {e}")),
+                    e => WhipError::Failed(e),
+                });
+            }
+        };
+        let (stop_tx, stop) = oneshot::channel();
+        let (cand_tx, cands) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_session(link, self.hub.clone(), events, stop, cands));
+        info!(
+            "WHIP: a publisher offered {}; session {id}",
+            codecs
+                .iter()
+                .map(|c| c.mime())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+        state.codecs = codecs;
+        state.session = Some(Session {
+            id: id.clone(),
+            candidates: cand_tx,
+            stop: Some(stop_tx),
+            task,
+        });
+        if let Some(first) = self
+            .first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = first.send(());
+        }
+        Ok((id, answer))
+    }
+
+    /// Applies a trickled fragment (RFC 8840) of session `id`. An ICE
+    /// restart (new credentials in the fragment) is not supported.
+    pub async fn trickle(&self, id: &str, fragment: &str) -> Result<(), WhipError> {
+        let state = self.state.lock().await;
+        let session = live(&state, id)?;
+        let mut mid = "0".to_owned();
+        let mut lines = Vec::new();
+        for line in fragment.lines().map(|l| l.trim_end_matches('\r')) {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                mid = m.trim().to_owned();
+            } else if let Some(c) = line.strip_prefix("a=") {
+                if c.starts_with("candidate:") {
+                    lines.push(c.to_owned());
+                } else if c.starts_with("ice-ufrag:") || c.starts_with("ice-pwd:") {
+                    return Err(WhipError::Unusable(
+                        "ICE restarts are not supported: start a new session (DELETE, then POST)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let _ = session.candidates.send(Candidates { mid, lines });
+        Ok(())
+    }
+
+    /// Ends session `id`: the tree stays, waiting for the next publisher.
+    pub async fn end(&self, id: &str) -> Result<(), WhipError> {
+        let mut state = self.state.lock().await;
+        live(&state, id)?;
+        let Some(mut session) = state.session.take() else {
+            return Err(WhipError::NoSession);
+        };
+        drop(state);
+        if let Some(stop) = session.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(END_WAIT, &mut session.task)
+            .await
+            .is_err()
+        {
+            session.task.abort();
+        }
+        Ok(())
+    }
+}
+
+fn live<'a>(state: &'a State, id: &str) -> Result<&'a Session, WhipError> {
+    state
+        .session
+        .as_ref()
+        .filter(|s| s.id == id && !s.task.is_finished())
+        .ok_or(WhipError::NoSession)
+}
+
+/// One codec per kind the offer sends: the tree's, once it has one, or the
+/// publisher's first choice the tree can carry.
+fn choose_codecs(offer: &str, tree: &[Codec]) -> Result<Vec<Codec>, WhipError> {
+    let sections = rtp_sdp::sections(offer)
+        .map_err(|e| WhipError::Unusable(format!("the offer is not valid SDP: {e}")))?;
+    let mut chosen: Vec<Codec> = Vec::new();
+    for s in sections.iter().filter(|s| s.port != 0 && s.sends) {
+        let video = s.media == "video";
+        if chosen.iter().any(|c| c.is_video() == video) {
+            return Err(WhipError::Unusable(format!(
+                "more than one {} section: a tree carries one video and one audio track",
+                s.media
+            )));
+        }
+        let offered: Vec<Codec> = s.formats.iter().map(|(c, _)| *c).collect();
+        let codec = match tree.iter().find(|c| c.is_video() == video) {
+            Some(&c) if offered.contains(&c) => c,
+            Some(&c) => {
+                return Err(WhipError::Unusable(format!(
+                    "this tree carries {} {}; the offer's {} section does not have it",
+                    s.media,
+                    c.mime(),
+                    s.media
+                )))
+            }
+            None => *offered.first().ok_or_else(|| {
+                WhipError::Unusable(format!(
+                    "the offer's {} section has no codec the tree carries \
+                     (VP8, VP9, AV1, H.264 in packetization mode 1, Opus)",
+                    s.media
+                ))
+            })?,
+        };
+        chosen.push(codec);
+    }
+    if chosen.is_empty() {
+        return Err(WhipError::Unusable(
+            "the offer sends no audio or video".into(),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// The publisher's tracks and channels into the hub, until the session ends.
+async fn run_session(
+    link: Arc<Link>,
+    hub: Arc<Hub>,
+    mut events: mpsc::UnboundedReceiver<(String, LinkEvent)>,
+    mut stop: oneshot::Receiver<()>,
+    mut candidates: mpsc::UnboundedReceiver<Candidates>,
+) {
+    let remote = link.remote.clone();
+    let mut upstream = Upstream::new(link.clone());
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                info!("WHIP: {remote} ended its session; the tree waits for a publisher");
+                break;
+            }
+            Some(c) = candidates.recv() => {
+                for line in c.lines {
+                    let data = json!({
+                        "candidate": { "candidate": line, "sdpMid": c.mid, "sdpMLineIndex": 0 }
+                    });
+                    if let Err(e) = link.on_signal(&data.to_string()).await {
+                        warn!("WHIP: {remote}: a trickled candidate: {e}");
+                    }
+                }
+            }
+            ev = events.recv() => {
+                let Some((_, ev)) = ev else { break };
+                match ev {
+                    LinkEvent::Track(track, packets) => match upstream.attach(&hub, track).await {
+                        Ok(t) => upstream.start(t, packets),
+                        Err(e) => warn!("WHIP: {remote}: a track not taken: {e}"),
+                    },
+                    LinkEvent::DataChannel(dc) => {
+                        if let Err(e) = upstream.on_data_channel(&hub, dc, None).await {
+                            warn!("WHIP: {remote}: a data channel not taken: {e}");
+                        }
+                    }
+                    LinkEvent::State(RTCPeerConnectionState::Connected) => {
+                        info!("WHIP: {remote} connected");
+                    }
+                    LinkEvent::State(
+                        s @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed),
+                    ) => {
+                        info!("WHIP: {remote}'s connection {s}; the tree waits for a publisher");
+                        break;
+                    }
+                    LinkEvent::State(_) => {}
+                }
+            }
+        }
+    }
+    upstream.close(&hub).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\n\
+        a=rtpmap:111 opus/48000/2\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96 97 98\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\n\
+        a=rtpmap:96 H265/90000\r\na=rtpmap:97 H264/90000\r\n\
+        a=fmtp:97 packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:98 VP8/90000\r\n";
+
+    #[test]
+    fn the_publishers_first_carried_codec_then_the_trees() {
+        assert_eq!(
+            choose_codecs(OFFER, &[]).unwrap(),
+            vec![Codec::Opus, Codec::H264]
+        );
+        // A tree that started with VP8 keeps it.
+        assert_eq!(
+            choose_codecs(OFFER, &[Codec::Vp8, Codec::Opus]).unwrap(),
+            vec![Codec::Opus, Codec::Vp8]
+        );
+        let e = choose_codecs(OFFER, &[Codec::Av1]).unwrap_err().to_string();
+        assert!(e.contains("video/AV1"), "{e}");
+    }
+
+    #[test]
+    fn offers_the_tree_cannot_take_say_why() {
+        let h265 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H265/90000\r\n";
+        let e = choose_codecs(h265, &[]).unwrap_err().to_string();
+        assert!(e.contains("no codec the tree carries"), "{e}");
+        // H.264 in packetization mode 0 only.
+        let mode0 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n\
+            a=fmtp:96 profile-level-id=42e01f\r\n";
+        assert!(choose_codecs(mode0, &[]).is_err());
+        let recvonly =
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n";
+        let e = choose_codecs(recvonly, &[]).unwrap_err().to_string();
+        assert!(e.contains("sends no audio or video"), "{e}");
+        let two = "v=0\r\nm=video 9 X 96\r\na=rtpmap:96 VP8/90000\r\nm=video 9 X 96\r\na=rtpmap:96 VP8/90000\r\n";
+        assert!(choose_codecs(two, &[]).is_err());
+        assert!(choose_codecs("m=video x\r\n", &[]).is_err());
+    }
+}

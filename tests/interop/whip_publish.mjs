@@ -1,0 +1,162 @@
+#!/usr/bin/env node
+// A werift (pure TypeScript WebRTC) WHIP publisher (RFC 9725), for tests:
+// it forwards the RTP packets it receives on a UDP port (from ffmpeg, say)
+// into a sendonly video track, and opens a data channel `data` on which it
+// sends numbered messages.
+//
+// It POSTs its offer (with every candidate: no trickle) to WHIP_URL, and
+// prints on stdout, one per line:
+//   rtp-port: P          where to send RTP (before anything else)
+//   status: N            the POST's HTTP status, then `location: URL` on 201
+//   channel-open         when the data channel opened; the messages follow,
+//                        from --messages-at MS after the start on
+// and after --seconds (when it DELETEs the session unless --keep) ONE line of
+// JSON: {"status":N,"location":L,"connected_ms":T,"channel_open_ms":T,
+// "sent":M,"rtp_in":R,"delete_status":N|null}. With a status other than 201
+// it prints the summary at once and exits 0: the test judges the status.
+//
+// Usage: node whip_publish.mjs WHIP_URL [--token T] [--codec vp8|h264]
+//          [--messages N] [--messages-at MS] [--prefix P] [--seconds S] [--keep]
+//          [--verbose]
+
+import dgram from 'node:dgram';
+import { performance } from 'node:perf_hooks';
+import { MediaStreamTrack, RTCPeerConnection, useH264, useNACK, usePLI, useVP8 } from 'werift';
+
+const USAGE =
+  'usage: node whip_publish.mjs WHIP_URL [--token T] [--codec vp8|h264] [--messages N] ' +
+  '[--messages-at MS] [--prefix P] [--seconds S] [--keep] [--verbose]';
+
+function parseArgs(argv) {
+  const opts = { token: null, codec: 'vp8', messages: 0, messagesAt: 0, prefix: 'pub', seconds: 10, keep: false, verbose: false };
+  const pos = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--token') opts.token = val();
+    else if (a === '--codec') opts.codec = val();
+    else if (a === '--messages') opts.messages = Number(val());
+    else if (a === '--messages-at') opts.messagesAt = Number(val());
+    else if (a === '--prefix') opts.prefix = val();
+    else if (a === '--seconds') opts.seconds = Number(val());
+    else if (a === '--keep') opts.keep = true;
+    else if (a === '--verbose' || a === '-v') opts.verbose = true;
+    else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
+    else pos.push(a);
+  }
+  if (pos.length !== 1) throw new Error('WHIP_URL is required');
+  [opts.url] = pos;
+  if (!['vp8', 'h264'].includes(opts.codec)) throw new Error('--codec must be vp8 or h264');
+  if (!(opts.seconds > 0)) throw new Error('--seconds must be positive');
+  return opts;
+}
+
+let opts;
+try {
+  opts = parseArgs(process.argv.slice(2));
+} catch (err) {
+  console.error(`whip_publish: ${err.message}\n${USAGE}`);
+  process.exit(2);
+}
+
+const t0 = performance.now();
+const ms = () => Math.round(performance.now() - t0);
+const log = (...a) => console.error(`[whip +${ms()}ms]`, ...a);
+const vlog = (...a) => opts.verbose && log(...a);
+const out = (line) => process.stdout.write(line + '\n');
+const summary = {
+  status: null,
+  location: null,
+  connected_ms: null,
+  channel_open_ms: null,
+  sent: 0,
+  rtp_in: 0,
+  delete_status: null,
+};
+const auth = opts.token ? { Authorization: `Bearer ${opts.token}` } : {};
+
+const feedback = [useNACK(), usePLI()];
+const pc = new RTCPeerConnection({
+  codecs: { video: [opts.codec === 'vp8' ? useVP8({ rtcpFeedback: feedback }) : useH264({ rtcpFeedback: feedback })] },
+  iceAdditionalHostAddresses: ['127.0.0.1'],
+  iceUseIpv6: false,
+});
+pc.connectionStateChange.subscribe((s) => {
+  log(`connection ${s}`);
+  if (s === 'connected' && summary.connected_ms === null) summary.connected_ms = ms();
+});
+const track = new MediaStreamTrack({ kind: 'video' });
+pc.addTransceiver(track, { direction: 'sendonly' });
+
+const dc = pc.createDataChannel('data');
+dc.stateChanged.subscribe((s) => {
+  if (s !== 'open' || summary.channel_open_ms !== null) return;
+  summary.channel_open_ms = ms();
+  out('channel-open');
+  let i = 0;
+  const next = () => {
+    if (i >= opts.messages) return;
+    dc.send(`${opts.prefix}-${String(i).padStart(4, '0')}`);
+    summary.sent = ++i;
+    setTimeout(next, 2);
+  };
+  setTimeout(next, Math.max(0, opts.messagesAt - ms()));
+});
+
+const udp = dgram.createSocket('udp4');
+udp.on('message', (msg) => {
+  summary.rtp_in++;
+  track.writeRtp(msg);
+});
+await new Promise((resolve) => udp.bind(0, '127.0.0.1', resolve));
+out(`rtp-port: ${udp.address().port}`);
+
+function finish() {
+  out(JSON.stringify(summary));
+  udp.close();
+  pc.close().finally(() => process.exit(0));
+}
+
+await pc.setLocalDescription(await pc.createOffer());
+if (pc.iceGatheringState !== 'complete') {
+  await new Promise((resolve) => pc.iceGatheringStateChange.subscribe((s) => s === 'complete' && resolve()));
+}
+vlog(`offer:\n${pc.localDescription.sdp}`);
+let res;
+try {
+  res = await fetch(opts.url, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/sdp', ...auth },
+    body: pc.localDescription.sdp,
+  });
+} catch (err) {
+  log(`POST failed: ${err.message}`);
+  out('status: 0');
+  finish();
+}
+summary.status = res.status;
+out(`status: ${res.status}`);
+const body = await res.text();
+if (res.status !== 201) {
+  log(`refused: ${body.trim()}`);
+  finish();
+} else {
+  summary.location = new URL(res.headers.get('location'), opts.url).toString();
+  out(`location: ${summary.location}`);
+  vlog(`answer:\n${body}`);
+  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  setTimeout(async () => {
+    if (!opts.keep) {
+      try {
+        const del = await fetch(summary.location, { method: 'DELETE', headers: auth });
+        summary.delete_status = del.status;
+      } catch (err) {
+        log(`DELETE failed: ${err.message}`);
+      }
+    }
+    finish();
+  }, opts.seconds * 1000);
+}

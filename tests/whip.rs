@@ -1,0 +1,293 @@
+//! WHIP in (RFC 9725): `source --whip` takes a publisher's session.
+//!
+//! The publisher is werift (tests/interop/whip_publish.mjs), an independent
+//! stack, forwarding what ffmpeg sends it; a recording relay below the
+//! source gets its frames byte for byte and its data messages in order.
+//! Bad requests get the RFC's status codes before any publisher is there, a
+//! second publisher gets 409 while the first sends, and after the first one
+//! DELETEs its session the tree stays, and the next publisher resumes it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use relay::source::VideoFile;
+
+const TOKEN: &str = "s3cret";
+
+/// One HTTP/1.1 request to `url` (http://HOST:PORT/PATH); the status.
+fn http(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut conn = TcpStream::connect(host).expect("connect to the WHIP endpoint");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).expect("send the request");
+    // A server may answer (413) before reading a large body.
+    let _ = conn.write_all(body);
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+/// A werift publisher POSTing to `url`; its stdout lines say what happened.
+fn publisher(s: &Scratch, dir: &Path, name: &str, url: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("whip_publish.mjs"))
+        .args([url, "--token", TOKEN])
+        .args(extra);
+    Proc::spawn_command(s, name, cmd, false)
+}
+
+/// The UDP port a publisher forwards RTP from.
+fn rtp_port(p: &Proc) -> std::net::SocketAddr {
+    let line = p.line("rtp-port:", Duration::from_secs(20));
+    let port: u16 = line["rtp-port:".len()..].trim().parse().expect("a port");
+    ([127, 0, 0, 1], port).into()
+}
+
+/// A second VP8 stream, 3 s of ffmpeg's testsrc2 with a keyframe every
+/// second, as a publisher that comes back sends new pictures.
+fn encode_vp8(s: &Scratch) -> std::path::PathBuf {
+    let out = s.path("other.ivf");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-t",
+            "3",
+            "-c:v",
+            "libvpx",
+            "-b:v",
+            "300k",
+            "-g",
+            "30",
+            "-deadline",
+            "realtime",
+        ])
+        .arg(&out)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg could not encode VP8 with libvpx");
+    out
+}
+
+/// The summary a publisher prints last.
+fn summary(p: &Proc, within: Duration) -> serde_json::Value {
+    serde_json::from_str(&p.line("{", within)).expect("summary JSON")
+}
+
+#[test]
+fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
+    let Some(dir) = node_drivers_or_skip("WHIP publisher") else {
+        return;
+    };
+    if ffmpeg_or_skip("WHIP publisher").is_none() {
+        return;
+    }
+    let s = Scratch::new("whip");
+    let (_sig, url) = signal_server(&s, &[]);
+    let src = Proc::spawn(
+        &s,
+        "source",
+        &[
+            "source",
+            "--whip",
+            "127.0.0.1:0",
+            "--whip-token",
+            TOKEN,
+            "--signal",
+            &url,
+        ],
+        false,
+    );
+    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
+        .trim()
+        .to_owned();
+
+    // Refused, each with its status, before any publisher is there.
+    let sdp = [("Content-Type", "application/sdp")];
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = |ct: &'static str| [("Content-Type", ct), ("Authorization", bearer.as_str())];
+    let h265 = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\n\
+        a=rtpmap:96 H265/90000\r\n";
+    let refused = [
+        ("no token", http(&whip, "POST", &sdp, h265)),
+        (
+            "a wrong token",
+            http(
+                &whip,
+                "POST",
+                &[
+                    ("Content-Type", "application/sdp"),
+                    ("Authorization", "Bearer nope"),
+                ],
+                h265,
+            ),
+        ),
+        (
+            "another content type",
+            http(&whip, "POST", &auth("text/plain"), h265),
+        ),
+        (
+            "a body that is not SDP",
+            http(&whip, "POST", &auth("application/sdp"), b"{\"sdp\":1}"),
+        ),
+        (
+            "no codec the tree carries",
+            http(&whip, "POST", &auth("application/sdp"), h265),
+        ),
+        (
+            "an offer of 100 KB",
+            http(&whip, "POST", &auth("application/sdp"), &[b'a'; 100_000]),
+        ),
+        (
+            "DELETE of an unknown session",
+            http(
+                &format!("{whip}/0123"),
+                "DELETE",
+                &auth("application/sdp"),
+                b"",
+            ),
+        ),
+    ];
+    let statuses: Vec<(&str, u16)> = refused.to_vec();
+    assert_eq!(
+        statuses,
+        vec![
+            ("no token", 401),
+            ("a wrong token", 401),
+            ("another content type", 415),
+            ("a body that is not SDP", 400),
+            ("no codec the tree carries", 422),
+            ("an offer of 100 KB", 413),
+            ("DELETE of an unknown session", 404),
+        ]
+    );
+
+    // The first publisher: the tree is created when it arrives.
+    let a = publisher(
+        &s,
+        &dir,
+        "publisher-a",
+        &whip,
+        &[
+            "--seconds",
+            "18",
+            "--messages",
+            "100",
+            "--messages-at",
+            "6000",
+            "--prefix",
+            "a",
+        ],
+    );
+    let a_rtp = rtp_port(&a);
+    assert_eq!(a.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let rec = s.path("leaf.ivf");
+    let data = s.path("leaf.data");
+    let _leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &[
+            "--k",
+            "0",
+            "--record",
+            rec.to_str().expect("UTF-8 path"),
+            "--data-out",
+            data.to_str().expect("UTF-8 path"),
+        ],
+        "connected to parent",
+    );
+    a.line("channel-open", Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let mut ff = ffmpeg_sends(&s, &video, a_rtp);
+
+    // A second publisher while the first sends: 409.
+    let b = publisher(&s, &dir, "publisher-b", &whip, &["--seconds", "1"]);
+    assert_eq!(b.line("status:", Duration::from_secs(20)), "status: 409");
+
+    let file = VideoFile::open(sample("testsrc-640x360-vp8.ivf")).expect("sample parses");
+    let n = file.frames().len();
+    let first_frame = until("a first frame recorded", Duration::from_secs(20), || {
+        (!ivf_frames(&rec).is_empty()).then(|| started.elapsed())
+    });
+    let frames = until("every frame recorded", Duration::from_secs(30), || {
+        let f = ivf_frames(&rec);
+        (f.len() >= n).then_some(f)
+    });
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let start = assert_run_of_file(&frames[..n], file.frames(), "WHIP in");
+    assert_eq!(start, 0, "from the file's first frame");
+    let want: Vec<String> = (0..100).map(|i| format!("a-{i:04}")).collect();
+    let got = until("100 messages", Duration::from_secs(20), || {
+        let got = data_lines(&data, "a-");
+        (got.len() >= want.len()).then_some(got)
+    });
+    assert_eq!(got, want, "the publisher's messages, complete and in order");
+
+    // DELETE (at the publisher's end): the source and its member stay.
+    let a_summary = summary(&a, Duration::from_secs(30));
+    assert_eq!(a_summary["delete_status"], 200, "{a_summary}");
+    until("the session ended", Duration::from_secs(10), || {
+        log_has(&src, "ended its session")
+    });
+
+    // The next publisher resumes the same tree: the member keeps recording.
+    // Another stream: the same file again would be taken for a repeat of
+    // what the tree already sent (splice.rs).
+    let other = encode_vp8(&s);
+    let other_file = VideoFile::open(&other).expect("the new stream parses");
+    let m = other_file.frames().len();
+    let c = publisher(&s, &dir, "publisher-c", &whip, &["--seconds", "15"]);
+    let c_rtp = rtp_port(&c);
+    assert_eq!(c.line("status:", Duration::from_secs(20)), "status: 201");
+    let mut ff = ffmpeg_sends(&s, &other, c_rtp);
+    let last = &other_file.frames()[m - 1].data;
+    let frames = until(
+        "the second stream's last frame",
+        Duration::from_secs(30),
+        || {
+            let f = ivf_frames(&rec);
+            (f.len() > n && f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
+        },
+    );
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let resumed_at = assert_run_of_file(&frames[n..], other_file.frames(), "WHIP in, resumed");
+    eprintln!(
+        "WHIP in (werift publisher, ffmpeg behind it): {n} of {n} frames byte for byte, first \
+         {} ms after ffmpeg started; 100 of 100 messages in order; a second publisher 409; after \
+         DELETE the next publisher resumed the tree: its frames {resumed_at}..{m} of {m} byte for \
+         byte at the same member",
+        first_frame.as_millis(),
+        m = m
+    );
+}
