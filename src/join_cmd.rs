@@ -11,7 +11,7 @@ use relay::node::{join_role, Node, NodeOptions, Seat};
 use relay::peer::LinkConfig;
 use tracing::info;
 
-use crate::media_cmd::{data_out, report_exit, udp_addrs, SignalTls};
+use crate::media_cmd::{data_out, report_exit, udp_addrs, SignalTls, WhepArgs};
 use crate::shutdown_signal;
 
 #[derive(Args)]
@@ -47,11 +47,14 @@ pub(crate) struct JoinArgs {
     /// connection failed.
     #[arg(long, default_value = "1.5s", value_parser = humantime::parse_duration)]
     silence: Duration,
+    #[command(flatten)]
+    whep: WhepArgs,
 }
 
 pub(crate) async fn run(args: JoinArgs) -> Result<()> {
     let udp = udp_addrs(&args.signal, &args.udp_addrs)?;
     let data_out = args.data_out.as_deref().map(data_out).transpose()?;
+    let whep_listener = args.whep.bind().await?;
     let (client, events) = args.tls.connect(&args.signal).await?;
     let joined = client
         .join(&args.tree, args.k, Some(join_role(args.k)))
@@ -65,11 +68,14 @@ pub(crate) async fn run(args: JoinArgs) -> Result<()> {
         client.peer_id()
     );
     let (hub, overflow) = Hub::new();
+    let link = LinkConfig {
+        udp_addrs: udp,
+        ice_servers: client.hello().ice_servers.clone(),
+    };
+    let whep = args.whep.serve(whep_listener, &link, &hub)?;
     let opts = NodeOptions {
-        link: LinkConfig {
-            udp_addrs: udp,
-            ice_servers: client.hello().ice_servers.clone(),
-        },
+        link,
+        whep,
         record: args.record,
         data_out,
         silence: args.silence,

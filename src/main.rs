@@ -3,9 +3,9 @@
 
 mod join_cmd;
 mod media_cmd;
+mod offer_http;
 mod signal_cmd;
 mod source_cmd;
-mod whip_http;
 
 use std::process::ExitCode;
 

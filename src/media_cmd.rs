@@ -10,9 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use base64::Engine;
 use clap::Args;
-use relay::forward::DataMsg;
-use relay::node::{Exit, Rejoin, Seat};
+use relay::forward::{DataMsg, Hub};
+use relay::node::{Exit, Rejoin, Seat, Whep};
+use relay::peer::LinkConfig;
+use relay::whep::WhepEgress;
 use signalling::client::{Client, ClientOptions, Events};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -121,5 +124,54 @@ pub(crate) fn report_exit(exit: Exit) {
             eprintln!("tree closed ({reason})");
         }
         Exit::Shutdown => info!("stopped"),
+    }
+}
+
+/// `--whep`: players' sessions, apart from the tree's children.
+#[derive(Args)]
+pub(crate) struct WhepArgs {
+    /// Serve WHEP on this address: any WHEP player POSTs its offer to
+    /// http://ADDR:PORT/whep and gets this node's tracks (and its data
+    /// channels, when the offer has a data section).
+    #[arg(long, value_name = "ADDR:PORT")]
+    whep: Option<SocketAddr>,
+    /// Most WHEP players at a time; more get 503. They do not count
+    /// against the tree's k children.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "whep")]
+    whep_max: usize,
+}
+
+impl WhepArgs {
+    /// Binds the WHEP address, if one was given: a taken port fails here,
+    /// before the node joins anything.
+    pub(crate) async fn bind(&self) -> Result<Option<tokio::net::TcpListener>> {
+        match self.whep {
+            Some(addr) => Ok(Some(
+                crate::offer_http::bind(addr, crate::offer_http::Protocol::Whep).await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Serves WHEP for `hub` on the bound listener; prints its URL.
+    pub(crate) fn serve(
+        &self,
+        listener: Option<tokio::net::TcpListener>,
+        link: &LinkConfig,
+        hub: &Arc<Hub>,
+    ) -> Result<Option<Whep>> {
+        let Some(listener) = listener else {
+            return Ok(None);
+        };
+        let egress = WhepEgress::new(link.clone(), hub.clone(), self.whep_max);
+        let url = crate::offer_http::serve(
+            listener,
+            crate::offer_http::Protocol::Whep,
+            egress.clone(),
+            None,
+        )?;
+        println!("whep:  {url}");
+        let _ = std::io::stdout().flush();
+        Ok(Some(Whep { url, egress }))
     }
 }

@@ -24,9 +24,9 @@ use relay::whip::WhipIngest;
 use signalling::server::{self, ServerConfig, ServerHandle};
 use tracing::info;
 
-use crate::media_cmd::{report_exit, udp_addrs, SignalTls};
+use crate::media_cmd::{report_exit, udp_addrs, SignalTls, WhepArgs};
+use crate::offer_http::{self, Protocol};
 use crate::shutdown_signal;
-use crate::whip_http;
 
 #[derive(Args)]
 pub(crate) struct SourceArgs {
@@ -90,6 +90,8 @@ pub(crate) struct SourceArgs {
     /// interface, or loopback when the signalling server is on loopback.
     #[arg(long = "udp-addr", value_name = "ADDR")]
     udp_addrs: Vec<SocketAddr>,
+    #[command(flatten)]
+    whep: WhepArgs,
 }
 
 /// The embedded server's first choice of port, and how many after it to try.
@@ -187,6 +189,7 @@ impl Input {
 
 pub(crate) async fn run(args: SourceArgs) -> Result<()> {
     let input = Input::open(&args).await?;
+    let whep_listener = args.whep.bind().await?;
 
     let mut _embedded: Option<ServerHandle> = None;
     let signal_url = match &args.signal {
@@ -206,7 +209,8 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
     let (hub, overflow) = Hub::new();
     if let Input::Whip(addr) = &input {
         let (ingest, first) = WhipIngest::new(link.clone(), hub.clone());
-        let url = whip_http::serve(*addr, ingest, args.whip_token.clone()).await?;
+        let listener = offer_http::bind(*addr, Protocol::Whip).await?;
+        let url = offer_http::serve(listener, Protocol::Whip, ingest, args.whip_token.clone())?;
         println!("whip:  {url}");
         let _ = std::io::stdout().flush();
         info!(
@@ -337,8 +341,10 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
         created.tree.clone(),
     ));
 
+    let whep = args.whep.serve(whep_listener, &link, &hub)?;
     let opts = NodeOptions {
         link,
+        whep,
         ..NodeOptions::default()
     };
     let seat = Seat::Source {

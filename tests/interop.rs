@@ -21,46 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use relay::media::Codec;
-use relay::record::Recorder;
 use relay::source::VideoFile;
-use rtc::rtp::packet::Packet;
-use rtc::shared::marshal::Unmarshal;
-
-/// The packets `leaf.mjs --rtp-out` wrote, each behind its 2-byte length.
-fn packets_written(path: &std::path::Path) -> Vec<Packet> {
-    let bytes = std::fs::read(path).expect("the driver's RTP file");
-    let mut packets = Vec::new();
-    let mut rest = &bytes[..];
-    while let [hi, lo, tail @ ..] = rest {
-        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-        assert!(tail.len() >= len, "RTP file cut inside a packet");
-        let mut raw = &tail[..len];
-        packets.push(Packet::unmarshal(&mut raw).expect("an RTP packet"));
-        rest = &tail[len..];
-    }
-    packets
-}
-
-/// The texts of the messages `leaf.mjs --messages` wrote, in arrival order.
-fn messages_written(path: &std::path::Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            let m: serde_json::Value = serde_json::from_str(l).expect("a message line");
-            let data = m["data"].as_str().expect("message data").to_owned();
-            if m["binary"].as_bool() == Some(true) {
-                use base64::Engine as _;
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(&data)
-                    .expect("base64");
-                String::from_utf8_lossy(&bytes).into_owned()
-            } else {
-                data
-            }
-        })
-        .collect()
-}
 
 #[test]
 fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
@@ -101,13 +62,7 @@ fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
 
     // Reassembled as a recording relay would, from the first keyframe on.
     let packets = packets_written(&rtp);
-    let ivf = s.path("werift.ivf");
-    let mut rec = Recorder::create(&ivf, Codec::Vp8).expect("recorder");
-    for p in &packets {
-        rec.push(p).expect("record");
-    }
-    rec.finish().expect("finish");
-    let frames = ivf_frames(&ivf);
+    let frames = vp8_frames_of(&s, &packets, "werift.ivf");
     let file = VideoFile::open(&video).expect("sample parses");
     let start = assert_run_of_file(&frames, file.frames(), "werift leaf");
     assert!(

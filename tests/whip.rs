@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -19,33 +17,6 @@ use common::*;
 use relay::source::VideoFile;
 
 const TOKEN: &str = "s3cret";
-
-/// One HTTP/1.1 request to `url` (http://HOST:PORT/PATH); the status.
-fn http(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
-    let rest = url.strip_prefix("http://").expect("http:// URL");
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut conn = TcpStream::connect(host).expect("connect to the WHIP endpoint");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    conn.write_all(req.as_bytes()).expect("send the request");
-    // A server may answer (413) before reading a large body.
-    let _ = conn.write_all(body);
-    let mut reply = Vec::new();
-    let _ = conn.read_to_end(&mut reply);
-    let text = String::from_utf8_lossy(&reply);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
-}
 
 /// A werift publisher POSTing to `url`; its stdout lines say what happened.
 fn publisher(s: &Scratch, dir: &Path, name: &str, url: &str, extra: &[&str]) -> Proc {

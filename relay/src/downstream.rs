@@ -41,6 +41,9 @@ pub struct Downstream {
     /// The last offer carried a data channel, so SCTP is negotiated and new
     /// channels need no renegotiation.
     sctp_negotiated: bool,
+    /// The other end offers (a WHEP player): tracks go on the transceivers
+    /// its offer made, and nothing is offered from here.
+    answering: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -53,9 +56,35 @@ impl Downstream {
             tracks: Vec::new(),
             channels: Vec::new(),
             sctp_negotiated: false,
+            answering: false,
             tasks: Vec::new(),
         };
         d.sync(hub).await?;
+        Ok(d)
+    }
+
+    /// Mirrors the hub onto a connection whose offer `link` has taken (a
+    /// WHEP player's), for the caller to answer. Channels only if the offer
+    /// has a data section: an answer cannot add one. What the hub gains
+    /// later does not reach this end (it would need an offer from here).
+    pub async fn answering(link: Arc<Link>, hub: &Hub) -> Result<Downstream, RelayError> {
+        let mut d = Downstream {
+            link,
+            connected: Arc::default(),
+            tracks: Vec::new(),
+            channels: Vec::new(),
+            sctp_negotiated: false,
+            answering: true,
+            tasks: Vec::new(),
+        };
+        for t in hub.tracks() {
+            d.add_track(hub, t).await?;
+        }
+        if d.link.remote_has_data() {
+            for c in hub.channels() {
+                d.add_channel(hub, c).await?;
+            }
+        }
         Ok(d)
     }
 
@@ -105,22 +134,29 @@ impl Downstream {
                 ..Default::default()
             }],
         )));
-        let transceiver = self
-            .link
-            .pc
-            .add_transceiver_from_track(
-                local.clone() as Arc<dyn TrackLocal>,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    streams: vec![],
-                    send_encodings: vec![],
-                }),
-            )
-            .await?;
-        let sender = transceiver
-            .sender()
-            .await?
-            .ok_or_else(|| RelayError::BadSignal("transceiver without a sender".into()))?;
+        let sender = if self.answering {
+            self.link
+                .pc
+                .add_track(local.clone() as Arc<dyn TrackLocal>)
+                .await?
+        } else {
+            let transceiver = self
+                .link
+                .pc
+                .add_transceiver_from_track(
+                    local.clone() as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .await?;
+            transceiver
+                .sender()
+                .await?
+                .ok_or_else(|| RelayError::BadSignal("transceiver without a sender".into()))?
+        };
         let (tx, rx) = mpsc::channel(LEG_QUEUE_PACKETS);
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let lagged = Arc::new(AtomicBool::new(false));

@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod media;
 pub mod nack;
 pub mod node;
+pub mod offer_sessions;
 pub mod pace;
 pub mod parent_watch;
 pub mod peer;
@@ -33,6 +34,7 @@ pub mod source;
 pub mod splice;
 pub mod tap;
 pub mod upstream;
+pub mod whep;
 pub mod whip;
 
 /// Errors of the media engine.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signalling::client::{Client, ClientError, Events};
-use signalling::protocol::{Event, Role};
+use signalling::protocol::{Event, Role, Stats};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use webrtc::peer_connection::{RTCIceCandidateType, RTCPeerConnectionState};
@@ -24,6 +24,7 @@ use crate::parent_watch::{Backoff, ParentWatch};
 use crate::peer::{Applied, Link, LinkConfig, LinkEvent};
 use crate::record::Recorder;
 use crate::upstream::Upstream;
+use crate::whep::WhepEgress;
 use crate::RelayError;
 
 /// What a node does besides forwarding.
@@ -40,7 +41,20 @@ pub struct NodeOptions {
     /// A parent whose connection is not up this long after it was assigned
     /// is replaced too (the seed's `timeout`).
     pub upstream_timeout: Duration,
+    /// This node's WHEP endpoint, reported to the server (`stats`) so
+    /// `/api/trees/{id}` shows where players find room.
+    pub whep: Option<Whep>,
 }
+
+/// A node's WHEP endpoint.
+pub struct Whep {
+    pub url: String,
+    pub egress: Arc<WhepEgress>,
+}
+
+/// How often a node with WHEP reports its URL and free slots (PROTOCOL.md:
+/// `stats` at most once a second).
+const WHEP_STATS_EVERY: Duration = Duration::from_secs(2);
 
 impl Default for NodeOptions {
     fn default() -> Self {
@@ -50,6 +64,7 @@ impl Default for NodeOptions {
             data_out: None,
             silence: Duration::from_millis(1500),
             upstream_timeout: Duration::from_secs(10),
+            whep: None,
         }
     }
 }
@@ -184,6 +199,8 @@ impl Node {
         let mut hub_changes = self.hub.subscribe();
         let mut health = tokio::time::interval(HEALTH_CHECK);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut whep_stats = tokio::time::interval(WHEP_STATS_EVERY);
+        let has_whep = self.opts.whep.is_some();
         let exit = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(Exit::Shutdown),
@@ -191,6 +208,7 @@ impl Node {
                     self.check_upstream();
                     self.open_waiting().await;
                 }
+                _ = whep_stats.tick(), if has_whep => self.report_whep().await,
                 ev = self.events.next() => {
                     let Some(ev) = ev else {
                         match self.take_seat_again(shutdown.as_mut()).await {
@@ -223,6 +241,20 @@ impl Node {
             }
         }
         exit
+    }
+
+    async fn report_whep(&self) {
+        let Some(whep) = &self.opts.whep else {
+            return;
+        };
+        let mut stats = Stats::default();
+        stats.extra.insert("whep".into(), whep.url.clone().into());
+        stats
+            .extra
+            .insert("whep_free".into(), whep.egress.free().await.into());
+        if let Err(e) = self.client.stats(stats) {
+            debug!("stats: {e}");
+        }
     }
 
     async fn on_event(&mut self, ev: Event) -> Option<Exit> {

@@ -536,11 +536,18 @@ impl Link {
         Ok(())
     }
 
-    /// Answers `offer` with a description that holds every local candidate,
-    /// for an HTTP exchange (RFC 9725 §4.3.2: the server does not trickle).
-    pub async fn answer_whole(&self, offer: &str) -> Result<String, RelayError> {
-        let data = json!({ "sdp": { "type": "offer", "sdp": offer } });
-        self.on_signal(&data.to_string()).await?;
+    /// Takes the offer of an HTTP exchange; [`Link::answer_whole`] answers it.
+    pub async fn take_offer(&self, offer: &str) -> Result<(), RelayError> {
+        self.set_remote(RTCSessionDescription::offer(offer.to_owned())?)
+            .await
+    }
+
+    /// Answers the offer taken with a description that holds every local
+    /// candidate, for an HTTP exchange (RFC 9725 §4.3.2: the server does
+    /// not trickle).
+    pub async fn answer_whole(&self) -> Result<String, RelayError> {
+        let answer = self.pc.create_answer(None).await?;
+        self.pc.set_local_description(answer).await?;
         let mut gathered = self.gathered.clone();
         if tokio::time::timeout(GATHER_WAIT, gathered.wait_for(|done| *done))
             .await
@@ -564,19 +571,7 @@ impl Link {
             let desc: RTCSessionDescription = serde_json::from_value(sdp.clone())
                 .map_err(|e| RelayError::BadSignal(format!("bad sdp: {e}")))?;
             let is_offer = desc.sdp_type == RTCSdpType::Offer;
-            let has_data = desc.sdp.lines().any(|l| l.starts_with("m=application"));
-            self.pc.set_remote_description(desc).await?;
-            self.remote_has_data.store(has_data, Ordering::Release);
-            self.remote_set.store(true, Ordering::Release);
-            let early = std::mem::take(
-                &mut *self
-                    .early_candidates
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            for c in early {
-                self.add_candidate(c).await;
-            }
+            self.set_remote(desc).await?;
             if !is_offer {
                 return Ok(Applied::Answer);
             }
@@ -604,6 +599,24 @@ impl Link {
                 Ok(Applied::Candidate)
             }
         }
+    }
+
+    /// Sets the remote description, then the candidates that came before it.
+    async fn set_remote(&self, desc: RTCSessionDescription) -> Result<(), RelayError> {
+        let has_data = desc.sdp.lines().any(|l| l.starts_with("m=application"));
+        self.pc.set_remote_description(desc).await?;
+        self.remote_has_data.store(has_data, Ordering::Release);
+        self.remote_set.store(true, Ordering::Release);
+        let early = std::mem::take(
+            &mut *self
+                .early_candidates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for c in early {
+            self.add_candidate(c).await;
+        }
+        Ok(())
     }
 
     /// The pair ICE selected, as (this end's candidate type, the other

@@ -12,12 +12,12 @@
 //! started with: later publishers are answered in that codec only.
 //!
 //! HTTP itself (methods, status codes, tokens) is the binary's; this module
-//! takes offers and candidate fragments and gives answers and errors.
+//! takes offers and candidate fragments and gives answers and errors
+//! (offer_sessions.rs).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -25,6 +25,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::forward::Hub;
 use crate::media::Codec;
+use crate::offer_sessions::{fragment_candidates, OfferSessions, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::rtp_sdp;
 use crate::upstream::Upstream;
@@ -32,20 +33,6 @@ use crate::RelayError;
 
 /// How long ending a session may take before its task is cut off.
 const END_WAIT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-pub enum WhipError {
-    /// Another publisher's session is live.
-    #[error("a publisher is already sending to this tree; it must end its session (DELETE) first")]
-    Busy,
-    /// The offer is SDP, but not one this tree can take.
-    #[error("{0}")]
-    Unusable(String),
-    #[error("no such session: it ended, or never existed")]
-    NoSession,
-    #[error("could not set up the session: {0}")]
-    Failed(#[from] RelayError),
-}
 
 /// The WHIP ingest of one source.
 pub struct WhipIngest {
@@ -65,15 +52,10 @@ struct State {
 
 struct Session {
     id: String,
-    candidates: mpsc::UnboundedSender<Candidates>,
+    /// Trickled candidates, as `signal` payloads, for the session's task.
+    candidates: mpsc::UnboundedSender<Vec<String>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-}
-
-/// Candidate lines of a PATCH, for the session's task to apply.
-struct Candidates {
-    mid: String,
-    lines: Vec<String>,
 }
 
 impl WhipIngest {
@@ -89,17 +71,24 @@ impl WhipIngest {
         };
         (Arc::new(ingest), rx)
     }
+}
 
+#[async_trait::async_trait]
+impl OfferSessions for WhipIngest {
     /// Answers a publisher's offer; returns the new session's id and the
     /// answer, which holds every candidate of this end.
-    pub async fn publish(&self, offer: &str) -> Result<(String, String), WhipError> {
+    async fn open(&self, offer: &str) -> Result<(String, String), SessionError> {
         let mut state = self.state.lock().await;
         if state
             .session
             .as_ref()
             .is_some_and(|s| !s.task.is_finished())
         {
-            return Err(WhipError::Busy);
+            return Err(SessionError::Busy(
+                "a publisher is already sending to this tree; it must end its session (DELETE) \
+                 first"
+                    .into(),
+            ));
         }
         let codecs = choose_codecs(offer, &state.codecs)?;
         let id = format!("{:032x}", rand::random::<u128>());
@@ -107,13 +96,17 @@ impl WhipIngest {
         let remote = format!("publisher-{}", state.sessions_started);
         let (events_tx, events) = mpsc::unbounded_channel();
         let link = Link::for_http(&self.cfg, &codecs, &remote, events_tx).await?;
-        let answer = match link.answer_whole(offer).await {
+        let answered = match link.take_offer(offer).await {
+            Ok(()) => link.answer_whole().await,
+            Err(e) => Err(e),
+        };
+        let answer = match answered {
             Ok(a) => a,
             Err(e) => {
                 link.close().await;
                 return Err(match e {
-                    RelayError::Webrtc(e) => WhipError::Unusable(format!("the offer: {e}")),
-                    e => WhipError::Failed(e),
+                    RelayError::Webrtc(e) => SessionError::Unusable(format!("the offer: {e}")),
+                    e => SessionError::Failed(e),
                 });
             }
         };
@@ -146,37 +139,19 @@ impl WhipIngest {
         Ok((id, answer))
     }
 
-    /// Applies a trickled fragment (RFC 8840) of session `id`. An ICE
-    /// restart (new credentials in the fragment) is not supported.
-    pub async fn trickle(&self, id: &str, fragment: &str) -> Result<(), WhipError> {
+    async fn trickle(&self, id: &str, fragment: &str) -> Result<(), SessionError> {
+        let signals = fragment_candidates(fragment)?;
         let state = self.state.lock().await;
-        let session = live(&state, id)?;
-        let mut mid = "0".to_owned();
-        let mut lines = Vec::new();
-        for line in fragment.lines().map(|l| l.trim_end_matches('\r')) {
-            if let Some(m) = line.strip_prefix("a=mid:") {
-                mid = m.trim().to_owned();
-            } else if let Some(c) = line.strip_prefix("a=") {
-                if c.starts_with("candidate:") {
-                    lines.push(c.to_owned());
-                } else if c.starts_with("ice-ufrag:") || c.starts_with("ice-pwd:") {
-                    return Err(WhipError::Unusable(
-                        "ICE restarts are not supported: start a new session (DELETE, then POST)"
-                            .into(),
-                    ));
-                }
-            }
-        }
-        let _ = session.candidates.send(Candidates { mid, lines });
+        let _ = live(&state, id)?.candidates.send(signals);
         Ok(())
     }
 
     /// Ends session `id`: the tree stays, waiting for the next publisher.
-    pub async fn end(&self, id: &str) -> Result<(), WhipError> {
+    async fn end(&self, id: &str) -> Result<(), SessionError> {
         let mut state = self.state.lock().await;
         live(&state, id)?;
         let Some(mut session) = state.session.take() else {
-            return Err(WhipError::NoSession);
+            return Err(SessionError::NoSession);
         };
         drop(state);
         if let Some(stop) = session.stop.take() {
@@ -192,24 +167,24 @@ impl WhipIngest {
     }
 }
 
-fn live<'a>(state: &'a State, id: &str) -> Result<&'a Session, WhipError> {
+fn live<'a>(state: &'a State, id: &str) -> Result<&'a Session, SessionError> {
     state
         .session
         .as_ref()
         .filter(|s| s.id == id && !s.task.is_finished())
-        .ok_or(WhipError::NoSession)
+        .ok_or(SessionError::NoSession)
 }
 
 /// One codec per kind the offer sends: the tree's, once it has one, or the
 /// publisher's first choice the tree can carry.
-fn choose_codecs(offer: &str, tree: &[Codec]) -> Result<Vec<Codec>, WhipError> {
+fn choose_codecs(offer: &str, tree: &[Codec]) -> Result<Vec<Codec>, SessionError> {
     let sections = rtp_sdp::sections(offer)
-        .map_err(|e| WhipError::Unusable(format!("the offer is not valid SDP: {e}")))?;
+        .map_err(|e| SessionError::Unusable(format!("the offer is not valid SDP: {e}")))?;
     let mut chosen: Vec<Codec> = Vec::new();
     for s in sections.iter().filter(|s| s.port != 0 && s.sends) {
         let video = s.media == "video";
         if chosen.iter().any(|c| c.is_video() == video) {
-            return Err(WhipError::Unusable(format!(
+            return Err(SessionError::Unusable(format!(
                 "more than one {} section: a tree carries one video and one audio track",
                 s.media
             )));
@@ -218,7 +193,7 @@ fn choose_codecs(offer: &str, tree: &[Codec]) -> Result<Vec<Codec>, WhipError> {
         let codec = match tree.iter().find(|c| c.is_video() == video) {
             Some(&c) if offered.contains(&c) => c,
             Some(&c) => {
-                return Err(WhipError::Unusable(format!(
+                return Err(SessionError::Unusable(format!(
                     "this tree carries {} {}; the offer's {} section does not have it",
                     s.media,
                     c.mime(),
@@ -226,7 +201,7 @@ fn choose_codecs(offer: &str, tree: &[Codec]) -> Result<Vec<Codec>, WhipError> {
                 )))
             }
             None => *offered.first().ok_or_else(|| {
-                WhipError::Unusable(format!(
+                SessionError::Unusable(format!(
                     "the offer's {} section has no codec the tree carries \
                      (VP8, VP9, AV1, H.264 in packetization mode 1, Opus)",
                     s.media
@@ -236,7 +211,7 @@ fn choose_codecs(offer: &str, tree: &[Codec]) -> Result<Vec<Codec>, WhipError> {
         chosen.push(codec);
     }
     if chosen.is_empty() {
-        return Err(WhipError::Unusable(
+        return Err(SessionError::Unusable(
             "the offer sends no audio or video".into(),
         ));
     }
@@ -249,7 +224,7 @@ async fn run_session(
     hub: Arc<Hub>,
     mut events: mpsc::UnboundedReceiver<(String, LinkEvent)>,
     mut stop: oneshot::Receiver<()>,
-    mut candidates: mpsc::UnboundedReceiver<Candidates>,
+    mut candidates: mpsc::UnboundedReceiver<Vec<String>>,
 ) {
     let remote = link.remote.clone();
     let mut upstream = Upstream::new(link.clone());
@@ -259,12 +234,9 @@ async fn run_session(
                 info!("WHIP: {remote} ended its session; the tree waits for a publisher");
                 break;
             }
-            Some(c) = candidates.recv() => {
-                for line in c.lines {
-                    let data = json!({
-                        "candidate": { "candidate": line, "sdpMid": c.mid, "sdpMLineIndex": 0 }
-                    });
-                    if let Err(e) = link.on_signal(&data.to_string()).await {
+            Some(signals) = candidates.recv() => {
+                for signal in signals {
+                    if let Err(e) = link.on_signal(&signal).await {
                         warn!("WHIP: {remote}: a trickled candidate: {e}");
                     }
                 }

@@ -744,3 +744,83 @@ pub(crate) fn node_drivers_or_skip(test: &str) -> Option<PathBuf> {
     eprintln!("skipped: {what}");
     None
 }
+
+/// The packets a node driver's `--rtp-out` wrote (tests/interop), each behind its 2-byte length.
+pub(crate) fn packets_written(path: &std::path::Path) -> Vec<rtc::rtp::packet::Packet> {
+    let bytes = std::fs::read(path).expect("the driver's RTP file");
+    let mut packets = Vec::new();
+    let mut rest = &bytes[..];
+    while let [hi, lo, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        assert!(tail.len() >= len, "RTP file cut inside a packet");
+        let mut raw = &tail[..len];
+        let p = <rtc::rtp::packet::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut raw);
+        packets.push(p.expect("an RTP packet"));
+        rest = &tail[len..];
+    }
+    packets
+}
+
+/// The texts of the messages a node driver's `--messages` wrote, in arrival order.
+pub(crate) fn messages_written(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let m: serde_json::Value = serde_json::from_str(l).expect("a message line");
+            let data = m["data"].as_str().expect("message data").to_owned();
+            if m["binary"].as_bool() == Some(true) {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&data)
+                    .expect("base64");
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                data
+            }
+        })
+        .collect()
+}
+
+/// VP8 `packets` reassembled as a recording relay would (from the first
+/// keyframe on), through `name` in the scratch directory.
+pub(crate) fn vp8_frames_of(
+    s: &Scratch,
+    packets: &[rtc::rtp::packet::Packet],
+    name: &str,
+) -> Vec<Vec<u8>> {
+    let ivf = s.path(name);
+    let mut rec =
+        relay::record::Recorder::create(&ivf, relay::media::Codec::Vp8).expect("recorder");
+    for p in packets {
+        rec.push(p).expect("record");
+    }
+    rec.finish().expect("finish");
+    ivf_frames(&ivf)
+}
+
+/// One HTTP/1.1 request to `url` (http://HOST:PORT/PATH); the status.
+pub(crate) fn http(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut conn = std::net::TcpStream::connect(host).expect("connect to the WHIP endpoint");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).expect("send the request");
+    // A server may answer (413) before reading a large body.
+    let _ = conn.write_all(body);
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}

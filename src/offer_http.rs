@@ -1,10 +1,12 @@
-//! WHIP's HTTP (RFC 9725) in front of the source's ingest (relay::whip):
-//! `POST /whip` with an SDP offer, `PATCH` and `DELETE` on the session URL
-//! it returns. Status codes are the RFC's: 201 with the answer and a
-//! Location, 204 for trickled candidates, 200 for DELETE; 415 for another
-//! content type, 400 for a body that is not SDP, 413 past 64 KiB, 422 for
-//! SDP the tree cannot take, 401 without the bearer token, 409 while
-//! another publisher is live, 404 for an unknown session.
+//! The HTTP of WHIP (RFC 9725) and WHEP in front of a node's sessions
+//! (relay::offer_sessions): `POST /whip` (or `/whep`) with an SDP offer,
+//! `PATCH` and `DELETE` on the session URL it returns. Status codes are the
+//! RFC's: 201 with the answer and a Location, 204 for trickled candidates,
+//! 200 for DELETE; 415 for another content type, 400 for a body that is not
+//! SDP, 413 past 64 KiB, 422 for SDP the node cannot take, 401 without the
+//! bearer token, 409 while the session's resource is held (another
+//! publisher; nothing to play yet), 503 when every slot is taken, 404 for
+//! an unknown session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use axum::Router;
-use relay::whip::{WhipError, WhipIngest};
+use relay::offer_sessions::{OfferSessions, SessionError};
 use tracing::{info, warn};
 
 /// Largest offer or fragment taken. Browsers' offers are 5-10 KB.
@@ -25,30 +27,71 @@ const MAX_BODY: usize = 64 * 1024;
 const SDP: &str = "application/sdp";
 const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
 
+/// How long a player told 409 (nothing to play yet) or 503 (full) should
+/// wait before it tries again.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// WHIP or WHEP.
+#[derive(Clone, Copy)]
+pub(crate) enum Protocol {
+    Whip,
+    Whep,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Whip => "WHIP",
+            Protocol::Whep => "WHEP",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Protocol::Whip => "/whip",
+            Protocol::Whep => "/whep",
+        }
+    }
+}
+
 struct Endpoint {
-    ingest: Arc<WhipIngest>,
+    protocol: Protocol,
+    sessions: Arc<dyn OfferSessions>,
     token: Option<String>,
 }
 
-/// Serves WHIP on `addr` until the process ends; returns the endpoint URL.
-pub(crate) async fn serve(
-    addr: SocketAddr,
-    ingest: Arc<WhipIngest>,
+/// Binds `addr` for `protocol`; fails at once when the address is taken.
+pub(crate) async fn bind(addr: SocketAddr, protocol: Protocol) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {} on {addr}", protocol.name()))
+}
+
+/// Serves `sessions` on `listener` until the process ends; returns the
+/// endpoint's URL.
+pub(crate) fn serve(
+    listener: tokio::net::TcpListener,
+    protocol: Protocol,
+    sessions: Arc<dyn OfferSessions>,
     token: Option<String>,
 ) -> Result<String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for WHIP on {addr}"))?;
-    let url = format!("http://{}/whip", listener.local_addr()?);
-    let endpoint = Arc::new(Endpoint { ingest, token });
+    let url = format!("http://{}{}", listener.local_addr()?, protocol.path());
+    let endpoint = Arc::new(Endpoint {
+        protocol,
+        sessions,
+        token,
+    });
     let app = Router::new()
-        .route("/whip", post(offer).options(options))
-        .route("/whip/{id}", patch(trickle).delete(end).options(options))
+        .route(protocol.path(), post(offer).options(options))
+        .route(
+            &format!("{}/{{id}}", protocol.path()),
+            patch(trickle).delete(end).options(options),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(endpoint);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            warn!("the WHIP endpoint stopped: {e}");
+            warn!("the {} endpoint stopped: {e}", protocol.name());
         }
     });
     Ok(url)
@@ -86,7 +129,7 @@ fn authorized(endpoint: &Endpoint, headers: &HeaderMap) -> Result<(), Box<Respon
     }
     let mut r = error(
         StatusCode::UNAUTHORIZED,
-        "this endpoint needs `Authorization: Bearer <token>` with the source's --whip-token",
+        "this endpoint needs `Authorization: Bearer <token>` with the node's token",
     );
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -110,19 +153,27 @@ fn body_of(headers: &HeaderMap, body: &Bytes, want: &str) -> Result<String, Box<
         .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text")))
 }
 
-fn whip_error(e: WhipError) -> Response {
+fn session_error(protocol: Protocol, e: SessionError) -> Response {
     let status = match &e {
-        WhipError::Busy => StatusCode::CONFLICT,
-        WhipError::Unusable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        WhipError::NoSession => StatusCode::NOT_FOUND,
-        WhipError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SessionError::Busy(_) => StatusCode::CONFLICT,
+        SessionError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+        SessionError::Unusable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SessionError::NoSession => StatusCode::NOT_FOUND,
+        SessionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    if status.is_server_error() {
-        warn!("WHIP: {e}");
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        warn!("{}: {e}", protocol.name());
     } else {
-        info!("WHIP: refused ({}): {e}", status.as_u16());
+        info!("{}: refused ({}): {e}", protocol.name(), status.as_u16());
     }
-    error(status, e.to_string())
+    let mut r = error(status, e.to_string());
+    if matches!(e, SessionError::Busy(_) | SessionError::Full(_)) {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    r
 }
 
 async fn offer(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -139,18 +190,19 @@ async fn offer(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: 
             "the body is not an SDP offer (it must start with v=0)",
         );
     }
-    match endpoint.ingest.publish(&offer).await {
+    match endpoint.sessions.open(&offer).await {
         Ok((id, answer)) => {
             let mut r = (StatusCode::CREATED, answer).into_response();
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
-            if let Ok(location) = HeaderValue::from_str(&format!("/whip/{id}")) {
+            let location = format!("{}/{id}", endpoint.protocol.path());
+            if let Ok(location) = HeaderValue::from_str(&location) {
                 h.insert(header::LOCATION, location);
             }
             cors(h);
             r
         }
-        Err(e) => whip_error(e),
+        Err(e) => session_error(endpoint.protocol, e),
     }
 }
 
@@ -167,13 +219,13 @@ async fn trickle(
         Ok(f) => f,
         Err(r) => return *r,
     };
-    match endpoint.ingest.trickle(&id, &fragment).await {
+    match endpoint.sessions.trickle(&id, &fragment).await {
         Ok(()) => {
             let mut r = StatusCode::NO_CONTENT.into_response();
             cors(r.headers_mut());
             r
         }
-        Err(e) => whip_error(e),
+        Err(e) => session_error(endpoint.protocol, e),
     }
 }
 
@@ -185,17 +237,17 @@ async fn end(
     if let Err(r) = authorized(&endpoint, &headers) {
         return *r;
     }
-    match endpoint.ingest.end(&id).await {
+    match endpoint.sessions.end(&id).await {
         Ok(()) => {
             let mut r = StatusCode::OK.into_response();
             cors(r.headers_mut());
             r
         }
-        Err(e) => whip_error(e),
+        Err(e) => session_error(endpoint.protocol, e),
     }
 }
 
-/// CORS preflight and discovery (RFC 9725 §4.2).
+/// CORS preflight and discovery (RFC 9725 §4.2, the same in WHEP).
 async fn options() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();

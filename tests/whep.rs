@@ -1,0 +1,159 @@
+//! WHEP out: `join --whep` and `source --whep` serve players, apart from
+//! the tree's children.
+//!
+//! The player is werift (tests/interop/whep_play.mjs), an independent
+//! stack: below a relay it gets the tree's frames byte for byte and the
+//! source's messages in order. Its slot is its own (a second player gets
+//! 503 while `--whep-max 1` is taken, and 201 once the first DELETEs),
+//! `/api/trees/{id}` shows the relay's WHEP URL, and bad requests get their
+//! status codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use relay::source::VideoFile;
+
+/// A werift player of `url`; its stdout lines say what happened.
+fn player(s: &Scratch, dir: &Path, name: &str, url: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("whep_play.mjs")).arg(url).args(extra);
+    Proc::spawn_command(s, name, cmd, false)
+}
+
+#[test]
+fn a_whep_player_below_a_relay_gets_every_frame_and_message() {
+    let Some(dir) = node_drivers_or_skip("WHEP player") else {
+        return;
+    };
+    let s = Scratch::new("whep");
+    let (_sig, url) = signal_server(&s, &[]);
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let (mut src, tree) = looping_source(&s, &url, &video);
+    let relay = relay(
+        &s,
+        "relay",
+        &url,
+        &tree,
+        &["--k", "1", "--whep", "127.0.0.1:0", "--whep-max", "1"],
+        "connected to parent",
+    );
+    let whep = relay.line("whep:", Duration::from_secs(10))["whep:".len()..]
+        .trim()
+        .to_owned();
+
+    // The server's view of the tree names the relay's WHEP URL.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let peer = relay_peer(&relay);
+    let listed = until(
+        "the WHEP URL in /api/trees",
+        Duration::from_secs(10),
+        || {
+            let snap = rt.block_on(tree_snapshot(&url, &tree));
+            snap["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["peer"] == peer.as_str())?["stats"]["whep"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    );
+    assert_eq!(listed, whep);
+
+    // Refused, each with its status, once there is something to play
+    // (before that, an offer gets 409: nothing to play yet).
+    until("media at the relay", Duration::from_secs(10), || {
+        log_has(&relay, "media from the parent")
+    });
+    let sdp = [("Content-Type", "application/sdp")];
+    let h265 = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=recvonly\r\n\
+        a=rtpmap:96 H265/90000\r\na=mid:0\r\na=ice-ufrag:abcd\r\n\
+        a=ice-pwd:0123456789012345678901\r\na=setup:actpass\r\n\
+        a=fingerprint:sha-256 00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:\
+        00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00\r\n";
+    let refused = vec![
+        (
+            "another content type",
+            http(&whep, "POST", &[("Content-Type", "text/plain")], h265),
+        ),
+        (
+            "a body that is not SDP",
+            http(&whep, "POST", &sdp, b"hello"),
+        ),
+        (
+            "an offer in a codec the tree does not carry",
+            http(&whep, "POST", &sdp, h265),
+        ),
+        (
+            "DELETE of an unknown session",
+            http(&format!("{whep}/0123"), "DELETE", &[], b""),
+        ),
+    ];
+    assert_eq!(
+        refused,
+        vec![
+            ("another content type", 415),
+            ("a body that is not SDP", 400),
+            ("an offer in a codec the tree does not carry", 422),
+            ("DELETE of an unknown session", 404),
+        ]
+    );
+
+    let rtp = s.path("player.rtp");
+    let messages = s.path("player.messages");
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("whep_play.mjs"))
+        .arg(&whep)
+        .args(["--seconds", "8", "--rtp-out"])
+        .arg(&rtp)
+        .arg("--messages")
+        .arg(&messages);
+    let p = Proc::spawn_command(&s, "player", cmd, false);
+    assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    p.line("channel-open", Duration::from_secs(20));
+    let sent = send_numbered(src.stdin.as_mut().expect("source stdin"), 200);
+
+    // The one slot is taken: a second player gets 503.
+    let second = player(&s, &dir, "second", &whep, &["--seconds", "1"]);
+    assert_eq!(
+        second.line("status:", Duration::from_secs(20)),
+        "status: 503"
+    );
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&p.line("{", Duration::from_secs(30))).expect("summary JSON");
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    let got: Vec<String> = messages_written(&messages)
+        .into_iter()
+        .filter(|m| m.starts_with("msg-"))
+        .collect();
+    assert_eq!(got, sent, "WHEP player: messages complete and in order");
+    let packets = packets_written(&rtp);
+    let frames = vp8_frames_of(&s, &packets, "player.ivf");
+    let file = VideoFile::open(&video).expect("sample parses");
+    let start = assert_run_of_file(&frames, file.frames(), "WHEP player");
+    assert!(frames.len() >= 150, "{} frames in 8 s", frames.len());
+
+    // Its slot is free again.
+    until("the session ended", Duration::from_secs(10), || {
+        log_has(&relay, "ended its session")
+    });
+    let third = player(&s, &dir, "third", &whep, &["--seconds", "1"]);
+    assert_eq!(
+        third.line("status:", Duration::from_secs(20)),
+        "status: 201"
+    );
+    eprintln!(
+        "WHEP player (werift) below a relay: {} frames byte for byte from file frame {start}, \
+         first packet {} ms after the player started, {} of {} messages in order; a second \
+         player 503 while the slot was taken, 201 after DELETE",
+        frames.len(),
+        summary["first_packet_ms"],
+        got.len(),
+        sent.len()
+    );
+}
