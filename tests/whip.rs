@@ -1,8 +1,10 @@
 //! WHIP in (RFC 9725): `source --whip` takes a publisher's session.
 //!
-//! The publisher is werift (tests/interop/whip_publish.mjs), an independent
-//! stack, forwarding what ffmpeg sends it; a recording relay below the
-//! source gets its frames byte for byte and its data messages in order.
+//! The publishers are independent stacks: werift
+//! (tests/interop/whip_publish.mjs) forwarding what ffmpeg sends it, and
+//! GStreamer's webrtcbin (tests/interop/gst_whip.py) playing the sample; a
+//! recording relay below the source gets their frames byte for byte and
+//! their data messages in order.
 //! Bad requests get the RFC's status codes before any publisher is there, a
 //! second publisher gets 409 while the first sends, and after the first one
 //! DELETEs its session the tree stays, and the next publisher resumes it.
@@ -260,5 +262,116 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
          byte at the same member",
         first_frame.as_millis(),
         m = m
+    );
+}
+
+/// Debian's python3 with GStreamer's webrtcbin, or None (with the reason
+/// printed) where it is missing and the run does not require it.
+fn gstreamer_or_skip(test: &str) -> Option<()> {
+    let probe = "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); \
+        gi.require_version('Nice', '0.1'); from gi.repository import Gst, GstWebRTC, Nice; \
+        Gst.init(None); \
+        assert all(Gst.ElementFactory.find(e) for e in ('webrtcbin', 'ivfparse', 'rtpvp8pay', 'nicesrc'))";
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", probe])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(());
+    }
+    let what = format!(
+        "{test}: needs GStreamer's webrtcbin for /usr/bin/python3 (apt-get install python3-gst-1.0 \
+         gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-plugins-good \
+         gstreamer1.0-plugins-bad gstreamer1.0-nice)"
+    );
+    assert!(
+        std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
+        "{what}; PEER_TREE_REQUIRE_BROWSER is set, so this is a failure"
+    );
+    eprintln!("skipped: {what}");
+    None
+}
+
+#[test]
+fn gstreamer_webrtcbin_publishes_over_whip() {
+    let Some(dir) = node_drivers_or_skip("GStreamer WHIP publisher") else {
+        return;
+    };
+    if gstreamer_or_skip("GStreamer WHIP publisher").is_none() {
+        return;
+    }
+    let s = Scratch::new("whip-gst");
+    let (_sig, url) = signal_server(&s, &[]);
+    let src = Proc::spawn(
+        &s,
+        "source",
+        &[
+            "source",
+            "--whip",
+            "127.0.0.1:0",
+            "--whip-token",
+            TOKEN,
+            "--signal",
+            &url,
+        ],
+        false,
+    );
+    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
+        .trim()
+        .to_owned();
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(dir.join("gst_whip.py"))
+        .arg(&whip)
+        .arg(&video)
+        .args(["--token", TOKEN, "--host", "127.0.0.1", "--prefix", "gst"])
+        .args(["--messages", "100", "--messages-at", "5000"]);
+    let started = std::time::Instant::now();
+    let gst = Proc::spawn_command(&s, "gstreamer", cmd, false);
+    assert_eq!(gst.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let rec = s.path("leaf.ivf");
+    let data = s.path("leaf.data");
+    let _leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &[
+            "--k",
+            "0",
+            "--record",
+            rec.to_str().expect("UTF-8 path"),
+            "--data-out",
+            data.to_str().expect("UTF-8 path"),
+        ],
+        "connected to parent",
+    );
+    let summary = summary(&gst, Duration::from_secs(40));
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    // The member joined while the file played: from the group it joined
+    // in, through the file's last frame.
+    let file = VideoFile::open(&video).expect("sample parses");
+    let frames = ivf_frames(&rec);
+    let start = assert_run_of_file(&frames, file.frames(), "GStreamer over WHIP");
+    assert_eq!(
+        start + frames.len(),
+        file.frames().len(),
+        "through the file's last frame"
+    );
+    let want: Vec<String> = (0..100).map(|i| format!("gst-{i:04}")).collect();
+    assert_eq!(
+        data_lines(&data, "gst-"),
+        want,
+        "GStreamer's messages, complete and in order"
+    );
+    eprintln!(
+        "WHIP in (GStreamer webrtcbin): frames {start}..{} of {} byte for byte at a member that \
+         joined while it played, 100 of 100 messages in order, connected {} ms after it started \
+         ({} ms in all), DELETE 200",
+        file.frames().len(),
+        file.frames().len(),
+        summary["connected_ms"],
+        started.elapsed().as_millis()
     );
 }
