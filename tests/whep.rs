@@ -1,9 +1,10 @@
 //! WHEP out: `join --whep` and `source --whep` serve players, apart from
 //! the tree's children.
 //!
-//! The player is werift (tests/interop/whep_play.mjs), an independent
-//! stack: below a relay it gets the tree's frames byte for byte and the
-//! source's messages in order. Its slot is its own (a second player gets
+//! The players are independent stacks, werift (tests/interop/whep_play.mjs)
+//! and GStreamer's webrtcbin (tests/interop/gst_whep.py): below a relay
+//! each gets the tree's frames byte for byte and the source's messages in
+//! order. Its slot is its own (a second player gets
 //! 503 while `--whep-max 1` is taken, and 201 once the first DELETEs),
 //! `/api/trees/{id}` shows the relay's WHEP URL, and bad requests get their
 //! status codes.
@@ -151,6 +152,70 @@ fn a_whep_player_below_a_relay_gets_every_frame_and_message() {
         "WHEP player (werift) below a relay: {} frames byte for byte from file frame {start}, \
          first packet {} ms after the player started, {} of {} messages in order; a second \
          player 503 while the slot was taken, 201 after DELETE",
+        frames.len(),
+        summary["first_packet_ms"],
+        got.len(),
+        sent.len()
+    );
+}
+
+#[test]
+fn gstreamer_webrtcbin_plays_over_whep() {
+    let Some(dir) = node_drivers_or_skip("GStreamer WHEP player") else {
+        return;
+    };
+    if gstreamer_or_skip("GStreamer WHEP player").is_none() {
+        return;
+    }
+    let s = Scratch::new("whep-gst");
+    let (_sig, url) = signal_server(&s, &[]);
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let (mut src, tree) = looping_source(&s, &url, &video);
+    let relay = relay(
+        &s,
+        "relay",
+        &url,
+        &tree,
+        &["--k", "1", "--whep", "127.0.0.1:0"],
+        "connected to parent",
+    );
+    let whep = relay.line("whep:", Duration::from_secs(10))["whep:".len()..]
+        .trim()
+        .to_owned();
+    until("media at the relay", Duration::from_secs(10), || {
+        log_has(&relay, "media from the parent")
+    });
+    let rtp = s.path("gst.rtp");
+    let messages = s.path("gst.messages");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(dir.join("gst_whep.py"))
+        .arg(&whep)
+        .args(["--seconds", "8", "--host", "127.0.0.1", "--rtp-out"])
+        .arg(&rtp)
+        .arg("--messages")
+        .arg(&messages);
+    let p = Proc::spawn_command(&s, "gstreamer", cmd, false);
+    assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    p.line("channel-open", Duration::from_secs(20));
+    let sent = send_numbered(src.stdin.as_mut().expect("source stdin"), 200);
+    let summary: serde_json::Value =
+        serde_json::from_str(&p.line("{", Duration::from_secs(30))).expect("summary JSON");
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    let got: Vec<String> = messages_written(&messages)
+        .into_iter()
+        .filter(|m| m.starts_with("msg-"))
+        .collect();
+    assert_eq!(
+        got, sent,
+        "GStreamer player: messages complete and in order"
+    );
+    let frames = vp8_frames_of(&s, &packets_written(&rtp), "gst.ivf");
+    let file = VideoFile::open(&video).expect("sample parses");
+    let start = assert_run_of_file(&frames, file.frames(), "GStreamer WHEP player");
+    assert!(frames.len() >= 150, "{} frames in 8 s", frames.len());
+    eprintln!(
+        "WHEP player (GStreamer webrtcbin) below a relay: {} frames byte for byte from file frame \
+         {start}, first packet {} ms after it started, {} of {} messages in order, DELETE 200",
         frames.len(),
         summary["first_packet_ms"],
         got.len(),

@@ -265,33 +265,6 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     );
 }
 
-/// Debian's python3 with GStreamer's webrtcbin, or None (with the reason
-/// printed) where it is missing and the run does not require it.
-fn gstreamer_or_skip(test: &str) -> Option<()> {
-    let probe = "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); \
-        gi.require_version('Nice', '0.1'); from gi.repository import Gst, GstWebRTC, Nice; \
-        Gst.init(None); \
-        assert all(Gst.ElementFactory.find(e) for e in ('webrtcbin', 'ivfparse', 'rtpvp8pay', 'nicesrc'))";
-    let found = Command::new("/usr/bin/python3")
-        .args(["-c", probe])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(());
-    }
-    let what = format!(
-        "{test}: needs GStreamer's webrtcbin for /usr/bin/python3 (apt-get install python3-gst-1.0 \
-         gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-plugins-good \
-         gstreamer1.0-plugins-bad gstreamer1.0-nice)"
-    );
-    assert!(
-        std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
-        "{what}; PEER_TREE_REQUIRE_BROWSER is set, so this is a failure"
-    );
-    eprintln!("skipped: {what}");
-    None
-}
-
 #[test]
 fn gstreamer_webrtcbin_publishes_over_whip() {
     let Some(dir) = node_drivers_or_skip("GStreamer WHIP publisher") else {

@@ -47,7 +47,7 @@ def ms():
 
 
 def log(*a):
-    print(f"[gst-whip +{ms()}ms]", *a, file=sys.stderr, flush=True)
+    print(f"[gst +{ms()}ms]", *a, file=sys.stderr, flush=True)
 
 
 def out(line):
@@ -71,26 +71,27 @@ def request(method, url, token, body=None, content_type=None):
         return 0, "", {}
 
 
-class Publisher:
-    def __init__(self, opts):
+class Session:
+    """One webrtcbin session set up by POSTing its offer (WHIP or WHEP),
+    ended by DELETE; subclasses build the pipeline around `wb`."""
+
+    def __init__(self, opts, pipeline, summary):
         self.opts = opts
         self.summary = {
             "status": None,
-            "sent": 0,
             "connected_ms": None,
             "channel_open_ms": None,
             "delete_status": None,
+            **summary,
         }
         self.location = None
-        self.channel = None
         self.finished = False
         self.loop = GLib.MainLoop()
-        self.pipe = Gst.parse_launch(
-            f'filesrc location="{opts.file}" ! ivfparse ! identity name=pace sync=true '
-            "! rtpvp8pay pt=96 mtu=1200 "
-            "! application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000 "
-            "! webrtcbin name=wb bundle-policy=max-bundle"
-        )
+        self.pipe = Gst.parse_launch(pipeline)
+        if not isinstance(self.pipe, Gst.Pipeline):
+            # A description of one element gives the element alone.
+            element, self.pipe = self.pipe, Gst.Pipeline.new()
+            self.pipe.add(element)
         self.wb = self.pipe.get_by_name("wb")
         # Kept for the pipeline's life: PyGObject 3.42 drops a reference to
         # these objects it never took, and webrtcbin then crashes at the
@@ -106,10 +107,6 @@ class Publisher:
             agent.add_local_address(addr)
         self.wb.connect("notify::ice-gathering-state", self.on_gathering)
         self.wb.connect("notify::connection-state", self.on_connection)
-        # webrtcbin posts no EOS of its own: the end of the file is seen on
-        # its way in.
-        pace = self.pipe.get_by_name("pace").get_static_pad("src")
-        pace.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self.on_event)
         bus = self.pipe.get_bus()
         bus.add_signal_watch()
         bus.connect("message", self.on_message)
@@ -120,7 +117,7 @@ class Publisher:
         # offer, which would otherwise leave the data section out. The offer
         # is made once, from the main loop: webrtcbin's on-negotiation-needed
         # fires before its caps are known and again for the channel.
-        self.channel = self.wb.emit("create-data-channel", "data", None)
+        self.channel = self.wb.emit("create-data-channel", self.channel_label, None)
         if self.channel is None:
             log("webrtcbin made no data channel (no SCTP elements?)")
         else:
@@ -183,8 +180,52 @@ class Publisher:
         GLib.idle_add(self.channel_opened)
 
     def channel_opened(self):
-        self.summary["channel_open_ms"] = ms()
-        out("channel-open")
+        if self.summary["channel_open_ms"] is None:
+            self.summary["channel_open_ms"] = ms()
+            out("channel-open")
+        return False
+
+    def on_message(self, _bus, msg):
+        if msg.type == Gst.MessageType.ERROR:
+            err, dbg = msg.parse_error()
+            log(f"error: {err.message} ({dbg})")
+            self.finish()
+
+    def finish(self):
+        if self.finished:
+            return False
+        self.finished = True
+        if self.location:
+            status, _, _ = request("DELETE", self.location, self.opts.token)
+            self.summary["delete_status"] = status
+        self.finished_hook()
+        out(json.dumps(self.summary))
+        self.loop.quit()
+        return False
+
+    def finished_hook(self):
+        pass
+
+
+class Publisher(Session):
+    channel_label = "data"
+
+    def __init__(self, opts):
+        super().__init__(
+            opts,
+            f'filesrc location="{opts.file}" ! ivfparse ! identity name=pace sync=true '
+            "! rtpvp8pay pt=96 mtu=1200 "
+            "! application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000 "
+            "! webrtcbin name=wb bundle-policy=max-bundle",
+            {"sent": 0},
+        )
+        # webrtcbin posts no EOS of its own: the end of the file is seen on
+        # its way in.
+        pace = self.pipe.get_by_name("pace").get_static_pad("src")
+        pace.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self.on_event)
+
+    def channel_opened(self):
+        super().channel_opened()
         delay = max(0, self.opts.messages_at - ms())
         GLib.timeout_add(delay, self.send_next)
         return False
@@ -204,22 +245,13 @@ class Publisher:
             GLib.timeout_add(int(self.opts.linger * 1000), self.finish)
         return Gst.PadProbeReturn.OK
 
-    def on_message(self, _bus, msg):
-        if msg.type == Gst.MessageType.ERROR:
-            err, dbg = msg.parse_error()
-            log(f"error: {err.message} ({dbg})")
-            self.finish()
 
-    def finish(self):
-        if self.finished:
-            return False
-        self.finished = True
-        if self.location:
-            status, _, _ = request("DELETE", self.location, self.opts.token)
-            self.summary["delete_status"] = status
-        out(json.dumps(self.summary))
-        self.loop.quit()
-        return False
+def check_elements(*names):
+    """Exits 2 naming the GStreamer elements that are missing."""
+    missing = [e for e in names if not Gst.ElementFactory.find(e)]
+    if missing:
+        log(f"missing GStreamer elements: {', '.join(missing)}")
+        sys.exit(2)
 
 
 def main():
@@ -235,10 +267,7 @@ def main():
     p.add_argument("--verbose", action="store_true")
     opts = p.parse_args()
     Gst.init(None)
-    missing = [e for e in ("webrtcbin", "ivfparse", "rtpvp8pay", "nicesrc") if not Gst.ElementFactory.find(e)]
-    if missing:
-        log(f"missing GStreamer elements: {', '.join(missing)}")
-        sys.exit(2)
+    check_elements("webrtcbin", "ivfparse", "rtpvp8pay", "nicesrc")
     Publisher(opts).run()
 
 
