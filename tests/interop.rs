@@ -83,3 +83,84 @@ fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
         sent.len()
     );
 }
+
+/// werift as the parent of a relay: it creates the tree (leaf.mjs
+/// --create), forwards ffmpeg's RTP to its child, and sends messages.
+#[test]
+fn werift_source_feeds_a_recording_relay_byte_for_byte() {
+    let Some(dir) = node_drivers_or_skip("werift source") else {
+        return;
+    };
+    if ffmpeg_or_skip("werift source").is_none() {
+        return;
+    }
+    let s = Scratch::new("interop-werift-source");
+    let (_sig, url) = signal_server(&s, &[]);
+    let mut node = Command::new("node");
+    node.arg(dir.join("leaf.mjs")).args([
+        &url,
+        "-",
+        "--create",
+        "--k",
+        "1",
+        "--send",
+        "100",
+        "--send-at",
+        "4000",
+        "--prefix",
+        "werift",
+        "--seconds",
+        "25",
+    ]);
+    let src = Proc::spawn_command(&s, "werift-source", node, false);
+    let tree = src.line("tree:", Duration::from_secs(20))["tree:".len()..]
+        .trim()
+        .to_owned();
+    let port: u16 = src.line("rtp-port:", Duration::from_secs(20))["rtp-port:".len()..]
+        .trim()
+        .parse()
+        .expect("a port");
+    let rec = s.path("leaf.ivf");
+    let data = s.path("leaf.data");
+    let _leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &[
+            "--k",
+            "0",
+            "--record",
+            rec.to_str().expect("UTF-8 path"),
+            "--data-out",
+            data.to_str().expect("UTF-8 path"),
+        ],
+        "connected to parent",
+    );
+    let started = std::time::Instant::now();
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let mut ff = ffmpeg_sends(&s, &video, ([127, 0, 0, 1], port).into());
+    let file = VideoFile::open(&video).expect("sample parses");
+    let n = file.frames().len();
+    let first = until("a first frame", Duration::from_secs(20), || {
+        (!ivf_frames(&rec).is_empty()).then(|| started.elapsed())
+    });
+    let frames = until("every frame", Duration::from_secs(30), || {
+        let f = ivf_frames(&rec);
+        (f.len() >= n).then_some(f)
+    });
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let start = assert_run_of_file(&frames[..n], file.frames(), "below a werift source");
+    assert_eq!(start, 0, "from the file's first frame");
+    let want: Vec<String> = (0..100).map(|i| format!("werift-{i:04}")).collect();
+    let got = until("100 messages", Duration::from_secs(20), || {
+        let got = data_lines(&data, "werift-");
+        (got.len() >= want.len()).then_some(got)
+    });
+    assert_eq!(got, want, "werift's messages, complete and in order");
+    eprintln!(
+        "werift source above a recording relay: {n} of {n} frames byte for byte, the first {} ms \
+         after ffmpeg started; 100 of 100 messages in order",
+        first.as_millis()
+    );
+}

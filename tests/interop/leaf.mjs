@@ -12,6 +12,13 @@
 // Before it, when the first data channel opens, it prints the line
 // `channel-open`, so a test knows when messages sent now will be received.
 //
+// With `--create` (TREE_ID is then `-`) it is the tree's source instead: it
+// creates the tree and prints `tree: ID` and `rtp-port: P`, offers each
+// child a VP8 track fed with the RTP it receives on that UDP port (from
+// ffmpeg, say) and a data channel `data`, on which it sends --send N
+// numbered messages (PREFIX-0000...) from --send-at MS after its start.
+// Its summary then counts RTP packets in and messages sent.
+//
 // With --rtp-out FILE it also writes every RTP packet it received, as it
 // arrived (after SRTP), each behind a 2-byte big-endian length, for the
 // test to reassemble and compare with what the source sent.
@@ -22,14 +29,18 @@
 // Usage: node leaf.mjs WS_URL TREE_ID [--seconds N] [--k N] [--role peer]
 //          [--kind video|audio|all] [--messages FILE] [--rtp-out FILE] [--host ADDR]...
 //          [--verbose]
+//        node leaf.mjs WS_URL - --create [--k N] [--send N] [--send-at MS]
+//          [--prefix P] [--seconds N] [--host ADDR]... [--verbose]
 //
 // Exit codes: 0 after the summary; 1 when the signalling server could not be
 // reached or refused the join (the summary is still printed); 2 usage error.
 
+import dgram from 'node:dgram';
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import {
+  MediaStreamTrack,
   RTCPeerConnection,
   useAV1X,
   useH264,
@@ -43,10 +54,24 @@ import {
 
 const USAGE =
   'usage: node leaf.mjs WS_URL TREE_ID [--seconds N] [--k N] [--role peer|browser|relay] ' +
-  '[--kind video|audio|all] [--messages FILE] [--rtp-out FILE] [--host ADDR]... [--verbose]';
+  '[--kind video|audio|all] [--messages FILE] [--rtp-out FILE] [--host ADDR]... [--verbose]\n' +
+  '       node leaf.mjs WS_URL - --create [--k N] [--send N] [--send-at MS] [--prefix P] ...';
 
 function parseArgs(argv) {
-  const opts = { seconds: 10, k: 0, role: 'peer', kind: 'video', messages: null, rtpOut: null, hosts: [], verbose: false };
+  const opts = {
+    seconds: 10,
+    k: 0,
+    role: 'peer',
+    kind: 'video',
+    messages: null,
+    rtpOut: null,
+    hosts: [],
+    verbose: false,
+    create: false,
+    send: 0,
+    sendAt: 0,
+    prefix: 'werift',
+  };
   const pos = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -61,6 +86,10 @@ function parseArgs(argv) {
     else if (a === '--messages') opts.messages = val();
     else if (a === '--rtp-out') opts.rtpOut = val();
     else if (a === '--host') opts.hosts.push(val());
+    else if (a === '--create') opts.create = true;
+    else if (a === '--send') opts.send = Number(val());
+    else if (a === '--send-at') opts.sendAt = Number(val());
+    else if (a === '--prefix') opts.prefix = val();
     else if (a === '--verbose' || a === '-v') opts.verbose = true;
     else if (a === '--help' || a === '-h') {
       console.log(USAGE);
@@ -196,7 +225,16 @@ ws.on('message', (raw, isBinary) => {
   switch (msg.type) {
     case 'hello':
       iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
-      send({ type: 'join', tree: opts.tree, k: opts.k, role: opts.role });
+      if (opts.create) send({ type: 'create', k: opts.k || undefined });
+      else send({ type: 'join', tree: opts.tree, k: opts.k, role: opts.role });
+      break;
+    case 'created':
+      createdTree = msg.tree;
+      announce();
+      break;
+    case 'child-gone':
+      children.get(msg.peer)?.pc.close().catch(() => {});
+      children.delete(msg.peer);
       break;
     case 'joined':
       log(`joined tree at depth ${msg.depth}, parent ${msg.parent}`);
@@ -207,11 +245,13 @@ ws.on('message', (raw, isBinary) => {
       setParent(msg.parent);
       break;
     case 'signal':
-      onSignal(msg.from, msg.data ?? {});
+      if (children.has(msg.from)) onChildSignal(children.get(msg.from), msg.data ?? {});
+      else onSignal(msg.from, msg.data ?? {});
       break;
     case 'child':
+      if (opts.create) openChild(msg.peer);
       // A leaf (k 0) is never given children; say so rather than hang it.
-      log(`unexpected child ${msg.peer}: this member forwards nothing`);
+      else log(`unexpected child ${msg.peer}: this member forwards nothing`);
       break;
     case 'tree-closed':
       log(`tree closed: ${msg.reason}`);
@@ -219,7 +259,7 @@ ws.on('message', (raw, isBinary) => {
       break;
     case 'error':
       log(`server error ${msg.code} (re ${msg.re}): ${msg.message}`);
-      if (msg.re === 'join') {
+      if (msg.re === 'join' || msg.re === 'create') {
         exitCode = 1;
         finish(1);
       }
@@ -347,6 +387,79 @@ async function apply(l, data) {
     if (!pc.remoteDescription) l.early.push(data.candidate);
     else await addCandidate(pc, data.candidate);
   }
+}
+
+// ---- as the source (--create): one connection per child ----
+
+const children = new Map(); // peer -> { peer, pc, track, queue, early }
+let createdTree = null;
+let rtpPort = null;
+
+// `tree:` then `rtp-port:`, once both are known, in that order.
+function announce() {
+  if (createdTree === null || rtpPort === null) return;
+  process.stdout.write(`tree: ${createdTree}\nrtp-port: ${rtpPort}\n`);
+}
+const channels = []; // every child's `data` channel
+let sent = 0;
+
+if (opts.create) {
+  stats.rtp_in = 0;
+  stats.sent = 0;
+  const udp = dgram.createSocket('udp4');
+  udp.on('message', (msg) => {
+    stats.rtp_in++;
+    for (const c of children.values()) c.track.writeRtp(msg);
+  });
+  await new Promise((resolve) => udp.bind(0, '127.0.0.1', resolve));
+  rtpPort = udp.address().port;
+  announce();
+  const sendNext = () => {
+    if (sent >= opts.send) return;
+    const text = `${opts.prefix}-${String(sent).padStart(4, '0')}`;
+    for (const dc of channels) if (dc.readyState === 'open') dc.send(text);
+    stats.sent = ++sent;
+    setTimeout(sendNext, 2);
+  };
+  if (opts.send > 0) setTimeout(sendNext, Math.max(0, opts.sendAt - ms()));
+}
+
+async function openChild(peer) {
+  log(`child ${peer}`);
+  const pc = new RTCPeerConnection({
+    iceServers: iceServers.map((s) => ({
+      urls: Array.isArray(s.urls) ? s.urls[0] : s.urls,
+      username: s.username,
+      credential: s.credential,
+    })),
+    iceAdditionalHostAddresses: hostAddrs.length ? hostAddrs : undefined,
+    iceUseIpv6: hostAddrs.length ? false : true,
+    codecs: { video: [codecs.video[0]] },
+  });
+  const track = new MediaStreamTrack({ kind: 'video' });
+  pc.addTransceiver(track, { direction: 'sendonly' });
+  const dc = pc.createDataChannel('data');
+  channels.push(dc);
+  const c = { peer, pc, track, queue: Promise.resolve(), early: [] };
+  children.set(peer, c);
+  pc.onIceCandidate.subscribe((cand) => signal(peer, { candidate: cand ? cand.toJSON() : null }));
+  pc.connectionStateChange.subscribe((s) => log(`child ${peer}: connection ${s}`));
+  await pc.setLocalDescription(await pc.createOffer());
+  signal(peer, { sdp: { type: 'offer', sdp: pc.localDescription.sdp } });
+}
+
+function onChildSignal(c, data) {
+  c.queue = c.queue
+    .then(async () => {
+      if (data.sdp?.type === 'answer') {
+        await c.pc.setRemoteDescription(data.sdp);
+        for (const cand of c.early.splice(0)) await addCandidate(c.pc, cand);
+      } else if (data.candidate) {
+        if (!c.pc.remoteDescription) c.early.push(data.candidate);
+        else await addCandidate(c.pc, data.candidate);
+      }
+    })
+    .catch((err) => log(`signalling with child ${c.peer} failed:`, err?.stack ?? err));
 }
 
 async function addCandidate(pc, c) {
