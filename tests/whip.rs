@@ -348,3 +348,114 @@ fn gstreamer_webrtcbin_publishes_over_whip() {
         started.elapsed().as_millis()
     );
 }
+
+/// node-datachannel (libdatachannel, the stack of OBS's WHIP output) as the
+/// publisher, with ffmpeg behind it.
+#[test]
+fn libdatachannel_publishes_over_whip() {
+    let Some(dir) = node_drivers_or_skip("libdatachannel WHIP publisher") else {
+        return;
+    };
+    if ffmpeg_or_skip("libdatachannel WHIP publisher").is_none() {
+        return;
+    }
+    let s = Scratch::new("whip-ndc");
+    let (_sig, url) = signal_server(&s, &[]);
+    let src = Proc::spawn(
+        &s,
+        "source",
+        &[
+            "source",
+            "--whip",
+            "127.0.0.1:0",
+            "--whip-token",
+            TOKEN,
+            "--signal",
+            &url,
+        ],
+        false,
+    );
+    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
+        .trim()
+        .to_owned();
+    let p = publisher(
+        &s,
+        &dir,
+        "libdatachannel",
+        &whip,
+        &[
+            "--stack",
+            "ndc",
+            "--seconds",
+            "16",
+            "--messages",
+            "100",
+            "--messages-at",
+            "4000",
+            "--prefix",
+            "ndc",
+        ],
+    );
+    let rtp = rtp_port(&p);
+    assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let rec = s.path("leaf.ivf");
+    let data = s.path("leaf.data");
+    let _leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &[
+            "--k",
+            "0",
+            "--record",
+            rec.to_str().expect("UTF-8 path"),
+            "--data-out",
+            data.to_str().expect("UTF-8 path"),
+        ],
+        "connected to parent",
+    );
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let started = std::time::Instant::now();
+    let mut ff = ffmpeg_sends(&s, &video, rtp);
+    let file = VideoFile::open(&video).expect("sample parses");
+    let n = file.frames().len();
+    let first = until("a first frame", Duration::from_secs(20), || {
+        (!ivf_frames(&rec).is_empty()).then(|| started.elapsed())
+    });
+    assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
+    let last = &file.frames()[n - 1].data;
+    let frames = until("the file's last frame", Duration::from_secs(20), || {
+        let f = ivf_frames(&rec);
+        (f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
+    });
+    // From the first keyframe, or the second when webrtc-rs dropped part of
+    // the first: it loses the packets that arrive in the same read as a new
+    // remote track's first one (downstream.rs, the primer), and ffmpeg
+    // behind the publisher cannot answer a keyframe request.
+    let start = assert_run_of_file(&frames, file.frames(), "libdatachannel over WHIP");
+    assert!(
+        start <= 30,
+        "from the first or second keyframe, not {start}"
+    );
+    assert_eq!(start + frames.len(), n, "through the file's last frame");
+    let want: Vec<String> = (0..100).map(|i| format!("ndc-{i:04}")).collect();
+    let got = until("100 messages", Duration::from_secs(20), || {
+        let got = data_lines(&data, "ndc-");
+        (got.len() >= want.len()).then_some(got)
+    });
+    assert_eq!(
+        got, want,
+        "libdatachannel's messages, complete and in order"
+    );
+    let summary = summary(&p, Duration::from_secs(30));
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    eprintln!(
+        "WHIP in (node-datachannel, ffmpeg behind it): frames {start}..{n} of {n} byte for byte, \
+         the first {} ms after ffmpeg started; 100 of 100 messages in order; connected {} ms \
+         after it started; DELETE 200",
+        first.as_millis(),
+        summary["connected_ms"]
+    );
+}

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
-// A werift (pure TypeScript WebRTC) WHIP publisher (RFC 9725), for tests:
-// it forwards the RTP packets it receives on a UDP port (from ffmpeg, say)
+// A WHIP publisher (RFC 9725) for tests, on one of two independent stacks:
+// werift (pure TypeScript, the default) or, with --stack ndc,
+// node-datachannel (libdatachannel: the stack of OBS's WHIP output). It
+// forwards the RTP packets it receives on a UDP port (from ffmpeg, say)
 // into a sendonly video track, and opens a data channel `data` on which it
 // sends numbered messages.
 //
@@ -15,20 +17,21 @@
 // "sent":M,"rtp_in":R,"delete_status":N|null}. With a status other than 201
 // it prints the summary at once and exits 0: the test judges the status.
 //
-// Usage: node whip_publish.mjs WHIP_URL [--token T] [--codec vp8|h264]
+// Usage: node whip_publish.mjs WHIP_URL [--stack werift|ndc] [--token T] [--codec vp8|h264]
 //          [--messages N] [--messages-at MS] [--prefix P] [--seconds S] [--keep]
 //          [--verbose]
 
 import dgram from 'node:dgram';
 import { performance } from 'node:perf_hooks';
+import nodeDataChannel from 'node-datachannel';
 import { MediaStreamTrack, RTCPeerConnection, useH264, useNACK, usePLI, useVP8 } from 'werift';
 
 const USAGE =
-  'usage: node whip_publish.mjs WHIP_URL [--token T] [--codec vp8|h264] [--messages N] ' +
+  'usage: node whip_publish.mjs WHIP_URL [--stack werift|ndc] [--token T] [--codec vp8|h264] [--messages N] ' +
   '[--messages-at MS] [--prefix P] [--seconds S] [--keep] [--verbose]';
 
 function parseArgs(argv) {
-  const opts = { token: null, codec: 'vp8', messages: 0, messagesAt: 0, prefix: 'pub', seconds: 10, keep: false, verbose: false };
+  const opts = { stack: 'werift', token: null, codec: 'vp8', messages: 0, messagesAt: 0, prefix: 'pub', seconds: 10, keep: false, verbose: false };
   const pos = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -37,6 +40,7 @@ function parseArgs(argv) {
       return argv[++i];
     };
     if (a === '--token') opts.token = val();
+    else if (a === '--stack') opts.stack = val();
     else if (a === '--codec') opts.codec = val();
     else if (a === '--messages') opts.messages = Number(val());
     else if (a === '--messages-at') opts.messagesAt = Number(val());
@@ -50,6 +54,7 @@ function parseArgs(argv) {
   if (pos.length !== 1) throw new Error('WHIP_URL is required');
   [opts.url] = pos;
   if (!['vp8', 'h264'].includes(opts.codec)) throw new Error('--codec must be vp8 or h264');
+  if (!['werift', 'ndc'].includes(opts.stack)) throw new Error('--stack must be werift or ndc');
   if (!(opts.seconds > 0)) throw new Error('--seconds must be positive');
   return opts;
 }
@@ -64,7 +69,7 @@ try {
 
 const t0 = performance.now();
 const ms = () => Math.round(performance.now() - t0);
-const log = (...a) => console.error(`[whip +${ms()}ms]`, ...a);
+const log = (...a) => console.error(`[whip ${opts.stack} +${ms()}ms]`, ...a);
 const vlog = (...a) => opts.verbose && log(...a);
 const out = (line) => process.stdout.write(line + '\n');
 const summary = {
@@ -78,38 +83,98 @@ const summary = {
 };
 const auth = opts.token ? { Authorization: `Bearer ${opts.token}` } : {};
 
-const feedback = [useNACK(), usePLI()];
-const pc = new RTCPeerConnection({
-  codecs: { video: [opts.codec === 'vp8' ? useVP8({ rtcpFeedback: feedback }) : useH264({ rtcpFeedback: feedback })] },
-  iceAdditionalHostAddresses: ['127.0.0.1'],
-  iceUseIpv6: false,
-});
-pc.connectionStateChange.subscribe((s) => {
+// What the rest needs of a stack: a complete offer (every candidate in it),
+// the answer applied, RTP written to the track, and the channel.
+function werift() {
+  const feedback = [useNACK(), usePLI()];
+  const codec = opts.codec === 'vp8' ? useVP8({ rtcpFeedback: feedback }) : useH264({ rtcpFeedback: feedback });
+  const pc = new RTCPeerConnection({
+    codecs: { video: [codec] },
+    iceAdditionalHostAddresses: ['127.0.0.1'],
+    iceUseIpv6: false,
+  });
+  pc.connectionStateChange.subscribe((s) => onState(s));
+  const track = new MediaStreamTrack({ kind: 'video' });
+  pc.addTransceiver(track, { direction: 'sendonly' });
+  const dc = pc.createDataChannel('data');
+  dc.stateChanged.subscribe((s) => s === 'open' && onChannelOpen());
+  return {
+    async offer() {
+      await pc.setLocalDescription(await pc.createOffer());
+      if (pc.iceGatheringState !== 'complete') {
+        await new Promise((resolve) => pc.iceGatheringStateChange.subscribe((s) => s === 'complete' && resolve()));
+      }
+      return pc.localDescription.sdp;
+    },
+    answer: (sdp) => pc.setRemoteDescription({ type: 'answer', sdp }),
+    writeRtp: (buf) => track.writeRtp(buf),
+    send: (text) => dc.send(text),
+    close: () => pc.close(),
+  };
+}
+
+function ndc() {
+  const pc = new nodeDataChannel.PeerConnection('whip', {
+    iceServers: [],
+    bindAddress: '127.0.0.1',
+    enableIceTcp: false,
+  });
+  pc.onStateChange((s) => onState(s));
+  const ssrc = 0x5eed0001;
+  const video = new nodeDataChannel.Video('0', 'SendOnly');
+  if (opts.codec === 'vp8') video.addVP8Codec(96);
+  else video.addH264Codec(96);
+  video.addSSRC(ssrc, 'video', 'stream', 'video');
+  const track = pc.addTrack(video);
+  const dc = pc.createDataChannel('data');
+  dc.onOpen(() => onChannelOpen());
+  const gathered = new Promise((resolve) => pc.onGatheringStateChange((s) => s === 'complete' && resolve()));
+  return {
+    async offer() {
+      pc.setLocalDescription();
+      if (pc.gatheringState() !== 'complete') await gathered;
+      return pc.localDescription().sdp;
+    },
+    answer: async (sdp) => pc.setRemoteDescription(sdp, 'answer'),
+    writeRtp(buf) {
+      // As announced: libdatachannel sends the bytes it is given.
+      buf.writeUInt32BE(ssrc, 8);
+      buf[1] = (buf[1] & 0x80) | 96;
+      if (track.isOpen()) track.sendMessageBinary(buf);
+    },
+    send: (text) => dc.sendMessage(text),
+    async close() {
+      pc.close();
+      nodeDataChannel.cleanup();
+    },
+  };
+}
+
+function onState(s) {
   log(`connection ${s}`);
   if (s === 'connected' && summary.connected_ms === null) summary.connected_ms = ms();
-});
-const track = new MediaStreamTrack({ kind: 'video' });
-pc.addTransceiver(track, { direction: 'sendonly' });
+}
 
-const dc = pc.createDataChannel('data');
-dc.stateChanged.subscribe((s) => {
-  if (s !== 'open' || summary.channel_open_ms !== null) return;
+function onChannelOpen() {
+  if (summary.channel_open_ms !== null) return;
   summary.channel_open_ms = ms();
   out('channel-open');
   let i = 0;
   const next = () => {
     if (i >= opts.messages) return;
-    dc.send(`${opts.prefix}-${String(i).padStart(4, '0')}`);
+    peer.send(`${opts.prefix}-${String(i).padStart(4, '0')}`);
     summary.sent = ++i;
     setTimeout(next, 2);
   };
   setTimeout(next, Math.max(0, opts.messagesAt - ms()));
-});
+}
+
+const peer = opts.stack === 'ndc' ? ndc() : werift();
 
 const udp = dgram.createSocket('udp4');
 udp.on('message', (msg) => {
   summary.rtp_in++;
-  track.writeRtp(msg);
+  peer.writeRtp(msg);
 });
 await new Promise((resolve) => udp.bind(0, '127.0.0.1', resolve));
 out(`rtp-port: ${udp.address().port}`);
@@ -117,20 +182,17 @@ out(`rtp-port: ${udp.address().port}`);
 function finish() {
   out(JSON.stringify(summary));
   udp.close();
-  pc.close().finally(() => process.exit(0));
+  Promise.resolve(peer.close()).finally(() => process.exit(0));
 }
 
-await pc.setLocalDescription(await pc.createOffer());
-if (pc.iceGatheringState !== 'complete') {
-  await new Promise((resolve) => pc.iceGatheringStateChange.subscribe((s) => s === 'complete' && resolve()));
-}
-vlog(`offer:\n${pc.localDescription.sdp}`);
+const offer = await peer.offer();
+vlog(`offer:\n${offer}`);
 let res;
 try {
   res = await fetch(opts.url, {
     method: 'POST',
     headers: { 'Content-Type': 'application/sdp', ...auth },
-    body: pc.localDescription.sdp,
+    body: offer,
   });
 } catch (err) {
   log(`POST failed: ${err.message}`);
@@ -147,7 +209,7 @@ if (res.status !== 201) {
   summary.location = new URL(res.headers.get('location'), opts.url).toString();
   out(`location: ${summary.location}`);
   vlog(`answer:\n${body}`);
-  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  await peer.answer(body);
   setTimeout(async () => {
     if (!opts.keep) {
       try {
