@@ -25,10 +25,21 @@ use relay::source::VideoFile;
 
 #[test]
 fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
-    let Some(dir) = node_drivers_or_skip("werift leaf") else {
+    leaf_below_a_relay("werift");
+}
+
+#[test]
+fn libdatachannel_leaf_below_a_relay_gets_every_frame_and_message() {
+    leaf_below_a_relay("ndc");
+}
+
+/// `stack`'s leaf (leaf.mjs --stack) below a relay: frames byte for byte
+/// and 200 messages in order.
+fn leaf_below_a_relay(stack: &str) {
+    let Some(dir) = node_drivers_or_skip(&format!("{stack} leaf")) else {
         return;
     };
-    let s = Scratch::new("interop-werift");
+    let s = Scratch::new(&format!("interop-{stack}"));
     let (_sig, url) = signal_server(&s, &[]);
     let video = sample("testsrc-640x360-vp8.ivf");
     let (mut src, tree) = looping_source(&s, &url, &video);
@@ -40,15 +51,15 @@ fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
         &["--k", "1"],
         "connected to parent",
     );
-    let rtp = s.path("werift.rtp");
-    let messages = s.path("werift.messages");
+    let rtp = s.path("leaf.rtp");
+    let messages = s.path("leaf.messages");
     let mut node = Command::new("node");
     node.arg(dir.join("leaf.mjs"))
-        .args([&url, &tree, "--seconds", "8", "--rtp-out"])
+        .args([&url, &tree, "--stack", stack, "--seconds", "8", "--rtp-out"])
         .arg(&rtp)
         .arg("--messages")
         .arg(&messages);
-    let leaf = Proc::spawn_command(&s, "werift-leaf", node, false);
+    let leaf = Proc::spawn_command(&s, &format!("{stack}-leaf"), node, false);
     leaf.line("channel-open", Duration::from_secs(20));
     let sent = send_numbered(src.stdin.as_mut().expect("source stdin"), 200);
     let summary = leaf.line("{", Duration::from_secs(30));
@@ -58,13 +69,13 @@ fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
         .into_iter()
         .filter(|m| m.starts_with("msg-"))
         .collect();
-    assert_eq!(got, sent, "werift leaf: messages complete and in order");
+    assert_eq!(got, sent, "{stack} leaf: messages complete and in order");
 
     // Reassembled as a recording relay would, from the first keyframe on.
     let packets = packets_written(&rtp);
-    let frames = vp8_frames_of(&s, &packets, "werift.ivf");
+    let frames = vp8_frames_of(&s, &packets, "leaf.ivf");
     let file = VideoFile::open(&video).expect("sample parses");
-    let start = assert_run_of_file(&frames, file.frames(), "werift leaf");
+    let start = assert_run_of_file(&frames, file.frames(), &format!("{stack} leaf"));
     assert!(
         frames.len() >= 150,
         "{} frames in 8 s ({} packets)",
@@ -72,7 +83,7 @@ fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
         packets.len()
     );
     eprintln!(
-        "werift leaf below a relay: {} packets, {} frames byte for byte from file frame {start}, \
+        "{stack} leaf below a relay: {} packets, {} frames byte for byte from file frame {start}, \
          first packet {} ms after it started; data channel open at {} ms, {} of {} messages \
          in order",
         packets.len(),

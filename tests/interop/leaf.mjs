@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // A werift (pure TypeScript WebRTC) member of a peer-tree-relay tree, for
-// interop tests. It joins a tree as a leaf (k 0) by the signalling protocol
+// interop tests; with `--stack ndc` the leaf is node-datachannel
+// (libdatachannel) instead. It joins a tree as a leaf (k 0) by the signalling protocol
 // (signalling/PROTOCOL.md, version 1), answers every offer its parent sends
 // (the parent always offers, rule 1), trickles its candidates in the
 // browser's forms, counts the RTP packets of the video track(s) and records
@@ -38,6 +39,7 @@
 import dgram from 'node:dgram';
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import nodeDataChannel from 'node-datachannel';
 import WebSocket from 'ws';
 import {
   MediaStreamTrack,
@@ -71,6 +73,7 @@ function parseArgs(argv) {
     send: 0,
     sendAt: 0,
     prefix: 'werift',
+    stack: 'werift',
   };
   const pos = [];
   for (let i = 0; i < argv.length; i++) {
@@ -87,6 +90,7 @@ function parseArgs(argv) {
     else if (a === '--rtp-out') opts.rtpOut = val();
     else if (a === '--host') opts.hosts.push(val());
     else if (a === '--create') opts.create = true;
+    else if (a === '--stack') opts.stack = val();
     else if (a === '--send') opts.send = Number(val());
     else if (a === '--send-at') opts.sendAt = Number(val());
     else if (a === '--prefix') opts.prefix = val();
@@ -103,6 +107,8 @@ function parseArgs(argv) {
   if (!(opts.seconds > 0)) throw new Error('--seconds must be positive');
   if (!Number.isInteger(opts.k) || opts.k < 0) throw new Error('--k must be a non-negative integer');
   if (!['video', 'audio', 'all'].includes(opts.kind)) throw new Error('--kind must be video, audio or all');
+  if (!['werift', 'ndc'].includes(opts.stack)) throw new Error('--stack must be werift or ndc');
+  if (opts.stack === 'ndc' && opts.create) throw new Error('--create is werift only');
   return opts;
 }
 
@@ -171,7 +177,11 @@ function finish(code = exitCode) {
     try {
       ws?.close();
     } catch {}
-    const pc = link?.pc;
+    const pc = link?.ndc ? null : link?.pc;
+    if (link?.ndc) {
+      link.pc.close();
+      nodeDataChannel.cleanup();
+    }
     link = null;
     // werift's close can hang on a dead transport: do not wait for it long.
     Promise.race([pc?.close(), new Promise((r) => setTimeout(r, 300))])
@@ -284,7 +294,7 @@ function onSignal(from, data) {
     earlySignals.push({ from, data });
     return;
   }
-  if (!link || link.peer !== from) link = openLink(from);
+  if (!link || link.peer !== from) link = opts.stack === 'ndc' ? openNdcLink(from) : openLink(from);
   const l = link;
   l.queue = l.queue
     .then(() => (link === l ? apply(l, data) : undefined))
@@ -324,51 +334,97 @@ function openLink(peer) {
   pc.onTrack.subscribe((track) => {
     log(`track ${track.kind}`);
     if (opts.kind !== 'all' && track.kind !== opts.kind) return;
-    track.onReceiveRtp.subscribe((rtp) => {
-      if (link !== l) return;
-      stats.packets++;
-      if (opts.rtpOut) {
-        const bytes = rtp.serialize();
-        const len = Buffer.alloc(2);
-        len.writeUInt16BE(bytes.length);
-        rtpOut.push(len, bytes);
-      }
-      if (stats.first_packet_ms === null) {
-        stats.first_packet_ms = ms();
-        log('first RTP packet');
-      }
-    });
+    track.onReceiveRtp.subscribe((rtp) => link === l && gotRtp(rtp.serialize()));
   });
 
   pc.onDataChannel.subscribe((dc) => {
     log(`data channel "${dc.label}" announced (${dc.readyState})`);
-    const opened = () => {
-      if (stats.channel_open_ms === null) {
-        stats.channel_open_ms = ms();
-        log(`data channel "${dc.label}" open`);
-        process.stdout.write('channel-open\n');
-      }
-    };
-    if (dc.readyState === 'open') opened();
-    dc.stateChanged.subscribe((s) => (s === 'open' ? opened() : vlog(`channel ${dc.label} ${s}`)));
-    dc.onMessage.subscribe((data) => {
-      opened(); // a message proves the channel is open
-      const binary = typeof data !== 'string';
-      stats.messages++;
-      received.push({
-        ms: ms(),
-        channel: dc.label,
-        binary,
-        data: binary ? Buffer.from(data).toString('base64') : data,
-      });
-      vlog(`message on ${dc.label}: ${binary ? `${data.length} bytes` : JSON.stringify(data).slice(0, 120)}`);
+    if (dc.readyState === 'open') channelOpened(dc.label);
+    dc.stateChanged.subscribe((s) => (s === 'open' ? channelOpened(dc.label) : vlog(`channel ${dc.label} ${s}`)));
+    dc.onMessage.subscribe((data) => gotMessage(dc.label, data));
+  });
+  return l;
+}
+
+// What any stack's leaf received.
+function gotRtp(bytes) {
+  stats.packets++;
+  if (opts.rtpOut) {
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(bytes.length);
+    rtpOut.push(len, Buffer.from(bytes));
+  }
+  if (stats.first_packet_ms === null) {
+    stats.first_packet_ms = ms();
+    log('first RTP packet');
+  }
+}
+
+function channelOpened(label) {
+  if (stats.channel_open_ms !== null) return;
+  stats.channel_open_ms = ms();
+  log(`data channel "${label}" open`);
+  process.stdout.write('channel-open\n');
+}
+
+function gotMessage(label, data) {
+  channelOpened(label); // a message proves the channel is open
+  const binary = typeof data !== 'string';
+  stats.messages++;
+  received.push({
+    ms: ms(),
+    channel: label,
+    binary,
+    data: binary ? Buffer.from(data).toString('base64') : data,
+  });
+  vlog(`message on ${label}: ${binary ? `${data.length} bytes` : JSON.stringify(data).slice(0, 120)}`);
+}
+
+// The same leaf on node-datachannel: it answers by itself once the offer is
+// set, and hands over each packet of a track (RTP and RTCP) as it came.
+function openNdcLink(peer) {
+  const pc = new nodeDataChannel.PeerConnection(`leaf-${peer}`, {
+    iceServers: iceServers.flatMap((s) => (Array.isArray(s.urls) ? s.urls : [s.urls])),
+    bindAddress: hostAddrs[0],
+    enableIceTcp: false,
+  });
+  const l = { peer, pc, queue: Promise.resolve(), early: [], ndc: true };
+  pc.onLocalDescription((sdp, type) => {
+    if (link === l) signal(peer, { sdp: { type: type.toLowerCase(), sdp } });
+  });
+  pc.onLocalCandidate((candidate, mid) => {
+    if (link === l) signal(peer, { candidate: { candidate, sdpMid: mid, sdpMLineIndex: 0 } });
+  });
+  pc.onStateChange((s) => log(`connection ${s}`));
+  pc.onTrack((track) => {
+    log(`track ${track.mid()}`);
+    track.onMessage((buf) => {
+      // RTCP (RFC 5761: packet types 192-223 where RTP has its marker and type).
+      if (buf.length < 12 || (buf[1] >= 192 && buf[1] <= 223)) return;
+      if (link === l) gotRtp(buf);
     });
+  });
+  pc.onDataChannel((dc) => {
+    const label = dc.getLabel();
+    if (dc.isOpen()) channelOpened(label);
+    dc.onOpen(() => channelOpened(label));
+    dc.onMessage((data) => gotMessage(label, typeof data === 'string' ? data : Buffer.from(data)));
   });
   return l;
 }
 
 async function apply(l, data) {
   const pc = l.pc;
+  if (l.ndc) {
+    if (data.sdp?.type === 'offer') {
+      pc.setRemoteDescription(data.sdp.sdp, 'offer');
+      for (const c of l.early.splice(0)) pc.addRemoteCandidate(c.candidate, c.sdpMid ?? '0');
+    } else if (data.candidate) {
+      if (!pc.remoteDescription()) l.early.push(data.candidate);
+      else pc.addRemoteCandidate(data.candidate.candidate, data.candidate.sdpMid ?? '0');
+    }
+    return;
+  }
   if (data.sdp) {
     if (data.sdp.type !== 'offer') {
       log(`ignoring a ${data.sdp.type} from the parent: the parent offers, we answer`);
@@ -474,5 +530,6 @@ async function addCandidate(pc, c) {
 function closeLink() {
   const l = link;
   link = null;
-  if (l) l.pc.close().catch(() => {});
+  if (l?.ndc) l.pc.close();
+  else if (l) l.pc.close().catch(() => {});
 }
