@@ -1,8 +1,9 @@
 //! The HTTP of WHIP (RFC 9725) and WHEP in front of a node's sessions
 //! (relay::offer_sessions): `POST /whip` (or `/whep`) with an SDP offer,
 //! `PATCH` and `DELETE` on the session URL it returns. Status codes are the
-//! RFC's: 201 with the answer and a Location, 204 for trickled candidates,
-//! 200 for DELETE; 415 for another content type, 400 for a body that is not
+//! RFC's: 201 with the answer, a Location and an ETag, 204 for trickled
+//! candidates, 200 with this end's new fragment for an ICE restart (a PATCH
+//! with new credentials), 200 for DELETE; 415 for another content type, 400 for a body that is not
 //! SDP, 413 past 64 KiB, 422 for SDP the node cannot take, 401 without the
 //! bearer token, 409 while the session's resource is held (another
 //! publisher; nothing to play yet), 503 when every slot is taken, 404 for
@@ -111,7 +112,7 @@ fn cors(h: &mut HeaderMap) {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location"),
+        HeaderValue::from_static("Location, ETag"),
     );
 }
 
@@ -199,6 +200,10 @@ async fn offer(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: 
             if let Ok(location) = HeaderValue::from_str(&location) {
                 h.insert(header::LOCATION, location);
             }
+            // Sessions support ICE restarts, so they carry a tag (§4.3.1).
+            if let Ok(tag) = HeaderValue::from_str(&format!("\"{:016x}\"", rand_tag())) {
+                h.insert(header::ETAG, tag);
+            }
             cors(h);
             r
         }
@@ -219,14 +224,35 @@ async fn trickle(
         Ok(f) => f,
         Err(r) => return *r,
     };
-    match endpoint.sessions.trickle(&id, &fragment).await {
-        Ok(()) => {
-            let mut r = StatusCode::NO_CONTENT.into_response();
-            cors(r.headers_mut());
+    let mut r = match endpoint.sessions.patch(&id, &fragment).await {
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        // An ICE restart: this end's new fragment (RFC 9725 §4.3.3).
+        Ok(Some(answer)) => {
+            let mut r = (StatusCode::OK, answer).into_response();
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP_FRAGMENT));
+            if let Ok(tag) = HeaderValue::from_str(&format!("\"{:016x}\"", rand_tag())) {
+                r.headers_mut().insert(header::ETAG, tag);
+            }
             r
         }
-        Err(e) => session_error(endpoint.protocol, e),
-    }
+        Err(e) => return session_error(endpoint.protocol, e),
+    };
+    cors(r.headers_mut());
+    r
+}
+
+/// A new entity tag for a restarted session: it only has to differ.
+fn rand_tag() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }
 
 async fn end(

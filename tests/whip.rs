@@ -459,3 +459,75 @@ fn libdatachannel_publishes_over_whip() {
         summary["connected_ms"]
     );
 }
+
+/// An ICE restart in the middle of the stream (RFC 9725 §4.3.3): the
+/// publisher PATCHes new credentials, gets 200 with the source's new ones,
+/// and its media goes on through the restarted session.
+#[test]
+fn an_ice_restart_keeps_the_publisher_sending() {
+    let Some(dir) = node_drivers_or_skip("WHIP ICE restart") else {
+        return;
+    };
+    if ffmpeg_or_skip("WHIP ICE restart").is_none() {
+        return;
+    }
+    let s = Scratch::new("whip-restart");
+    let (_sig, url) = signal_server(&s, &[]);
+    let src = Proc::spawn(
+        &s,
+        "source",
+        &[
+            "source",
+            "--whip",
+            "127.0.0.1:0",
+            "--whip-token",
+            TOKEN,
+            "--signal",
+            &url,
+        ],
+        false,
+    );
+    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
+        .trim()
+        .to_owned();
+    let p = publisher(
+        &s,
+        &dir,
+        "publisher",
+        &whip,
+        &["--seconds", "18", "--restart-at", "8000"],
+    );
+    let rtp = rtp_port(&p);
+    assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let rec = s.path("leaf.ivf");
+    let _leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
+        "connected to parent",
+    );
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let mut ff = ffmpeg_sends(&s, &video, rtp);
+    assert_eq!(p.line("restart:", Duration::from_secs(20)), "restart: 200");
+    let restarted = ivf_frames(&rec).len();
+    assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
+    let file = VideoFile::open(&video).expect("sample parses");
+    let last = &file.frames()[file.frames().len() - 1].data;
+    let frames = until("the file's last frame", Duration::from_secs(20), || {
+        let f = ivf_frames(&rec);
+        (f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
+    });
+    let runs = runs_of(&frames, file.frames(), "across the ICE restart");
+    let summary = summary(&p, Duration::from_secs(30));
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    eprintln!(
+        "WHIP ICE restart (werift): PATCH 200 with {restarted} frames recorded; after it, the \
+         recording went on to the file's last frame: {} frames in {} run(s) ({:?})",
+        frames.len(),
+        runs.len(),
+        runs.iter().map(|r| (r.from, r.len)).collect::<Vec<_>>()
+    );
+}

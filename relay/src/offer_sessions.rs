@@ -5,6 +5,10 @@
 //! tracks in, whep.rs gives a player the node's tracks; the binary serves
 //! both over HTTP through this trait.
 
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use crate::peer::Link;
 use crate::RelayError;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,42 +34,121 @@ pub enum SessionError {
 pub trait OfferSessions: Send + Sync {
     /// Answers `offer`; returns the new session's id and the answer.
     async fn open(&self, offer: &str) -> Result<(String, String), SessionError>;
-    /// Applies a fragment of trickled candidates to session `id`.
-    async fn trickle(&self, id: &str, fragment: &str) -> Result<(), SessionError>;
+    /// Applies a fragment (RFC 8840) to session `id`: trickled candidates
+    /// (None), or an ICE restart, answered with this end's new fragment.
+    async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError>;
     /// Ends session `id`.
     async fn end(&self, id: &str) -> Result<(), SessionError>;
 }
 
-/// The candidates of a trickled fragment, with the media id they are for
-/// (the first bundled section's; "0" when the fragment names none), as
-/// `signal` payloads a link applies. An ICE restart (new credentials in
-/// the fragment) is refused: this end does not restart ICE.
-pub fn fragment_candidates(fragment: &str) -> Result<Vec<String>, SessionError> {
-    let mut mid = "0";
-    let mut candidates = Vec::new();
-    for line in fragment.lines().map(|l| l.trim_end_matches('\r')) {
-        if let Some(m) = line.strip_prefix("a=mid:") {
-            mid = m.trim();
-        } else if let Some(c) = line.strip_prefix("a=") {
-            if c.starts_with("candidate:") {
-                candidates.push(c);
-            } else if c.starts_with("ice-ufrag:") || c.starts_with("ice-pwd:") {
-                return Err(SessionError::Unusable(
-                    "ICE restarts are not supported: start a new session (DELETE, then POST)"
-                        .into(),
-                ));
+/// A PATCH for a session's task to apply to its link.
+pub enum Patch {
+    /// Trickled candidates, as `signal` payloads.
+    Candidates(Vec<String>),
+    /// An ICE restart: the remote's new credentials and candidates; the
+    /// reply is this end's new fragment.
+    Restart {
+        ufrag: String,
+        pwd: String,
+        candidates: Vec<String>,
+        reply: oneshot::Sender<Result<String, RelayError>>,
+    },
+}
+
+impl Patch {
+    /// The patch a fragment asks for (`reply` is the restart's answer
+    /// channel, kept unused for candidates).
+    pub fn parse(
+        fragment: &str,
+        reply: oneshot::Sender<Result<String, RelayError>>,
+    ) -> Result<Patch, SessionError> {
+        let mut mid = "0";
+        let mut ufrag = None;
+        let mut pwd = None;
+        let mut candidates = Vec::new();
+        for line in fragment.lines().map(|l| l.trim_end_matches('\r')) {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                mid = m.trim();
+            } else if let Some(u) = line.strip_prefix("a=ice-ufrag:") {
+                ufrag = Some(u.trim().to_owned());
+            } else if let Some(p) = line.strip_prefix("a=ice-pwd:") {
+                pwd = Some(p.trim().to_owned());
+            } else if let Some(c) = line.strip_prefix("a=") {
+                if c.starts_with("candidate:") {
+                    candidates.push(c);
+                }
+            }
+        }
+        let candidates = candidates
+            .into_iter()
+            .map(|c| {
+                serde_json::json!({
+                    "candidate": { "candidate": c, "sdpMid": mid, "sdpMLineIndex": 0 }
+                })
+                .to_string()
+            })
+            .collect();
+        match (ufrag, pwd) {
+            (None, None) => Ok(Patch::Candidates(candidates)),
+            (Some(ufrag), Some(pwd)) => Ok(Patch::Restart {
+                ufrag,
+                pwd,
+                candidates,
+                reply,
+            }),
+            _ => Err(SessionError::Unusable(
+                "an ICE restart needs both a=ice-ufrag and a=ice-pwd".into(),
+            )),
+        }
+    }
+
+    /// Applies the patch to `link` (`who` names it in the log).
+    pub async fn apply(self, link: &Link, who: &str) {
+        let candidates = match self {
+            Patch::Candidates(c) => c,
+            Patch::Restart {
+                ufrag,
+                pwd,
+                candidates,
+                reply,
+            } => {
+                let restarted = link.restart_ice(&ufrag, &pwd).await;
+                let ok = restarted.is_ok();
+                let _ = reply.send(restarted);
+                if !ok {
+                    return;
+                }
+                candidates
+            }
+        };
+        for signal in candidates {
+            if let Err(e) = link.on_signal(&signal).await {
+                warn!("{who}: a trickled candidate: {e}");
             }
         }
     }
-    Ok(candidates
-        .into_iter()
-        .map(|c| {
-            serde_json::json!({
-                "candidate": { "candidate": c, "sdpMid": mid, "sdpMLineIndex": 0 }
-            })
-            .to_string()
-        })
-        .collect())
+}
+
+/// Sends `fragment` to a session's task (`to`) and waits for its answer
+/// if it is a restart.
+pub async fn send_patch(
+    to: &tokio::sync::mpsc::UnboundedSender<Patch>,
+    fragment: &str,
+) -> Result<Option<String>, SessionError> {
+    let (reply, answer) = oneshot::channel();
+    let patch = Patch::parse(fragment, reply)?;
+    let restart = matches!(patch, Patch::Restart { .. });
+    to.send(patch).map_err(|_| SessionError::NoSession)?;
+    if !restart {
+        return Ok(None);
+    }
+    match answer.await {
+        Ok(Ok(fragment)) => Ok(Some(fragment)),
+        Ok(Err(e)) => Err(SessionError::Unusable(format!(
+            "the ICE restart failed: {e}"
+        ))),
+        Err(_) => Err(SessionError::NoSession),
+    }
 }
 
 #[cfg(test)]
@@ -73,11 +156,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fragments_candidates_become_signals_and_a_restart_is_refused() {
+    fn a_fragment_is_candidates_or_a_restart() {
+        let (tx, _) = oneshot::channel();
         let frag = "a=ice-options:trickle\r\na=group:BUNDLE 0\r\nm=audio 9 RTP/AVP 0\r\n\
             a=mid:0\r\na=candidate:1 1 UDP 2130706431 127.0.0.1 5000 typ host\r\n\
             a=end-of-candidates\r\n";
-        let signals = fragment_candidates(frag).unwrap();
+        let Ok(Patch::Candidates(signals)) = Patch::parse(frag, tx) else {
+            panic!("candidates");
+        };
         assert_eq!(signals.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&signals[0]).unwrap();
         assert_eq!(
@@ -85,10 +171,16 @@ mod tests {
             "candidate:1 1 UDP 2130706431 127.0.0.1 5000 typ host"
         );
         assert_eq!(v["candidate"]["sdpMid"], "0");
+        let (tx, _) = oneshot::channel();
         let restart = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n";
-        assert!(matches!(
-            fragment_candidates(restart),
-            Err(SessionError::Unusable(_))
-        ));
+        let Ok(Patch::Restart { ufrag, pwd, .. }) = Patch::parse(restart, tx) else {
+            panic!("a restart");
+        };
+        assert_eq!(
+            (ufrag.as_str(), pwd.as_str()),
+            ("abcd", "0123456789012345678901")
+        );
+        let (tx, _) = oneshot::channel();
+        assert!(Patch::parse("a=ice-ufrag:abcd\r\n", tx).is_err());
     }
 }

@@ -601,6 +601,35 @@ impl Link {
         }
     }
 
+    /// Restarts ICE with the remote's new credentials (RFC 9725 §4.3.3):
+    /// its offer again with them, answered with new ones of this end.
+    /// Returns this end's fragment (RFC 8840): credentials, the first
+    /// bundled section and every candidate.
+    pub async fn restart_ice(&self, ufrag: &str, pwd: &str) -> Result<String, RelayError> {
+        let remote = self
+            .pc
+            .remote_description()
+            .await
+            .ok_or_else(|| RelayError::BadSignal("no session to restart".into()))?;
+        let mut offer = String::new();
+        for line in remote.sdp.lines() {
+            if line.starts_with("a=candidate:") || line.starts_with("a=end-of-candidates") {
+                continue;
+            }
+            if line.starts_with("a=ice-ufrag:") {
+                offer.push_str(&format!("a=ice-ufrag:{ufrag}"));
+            } else if line.starts_with("a=ice-pwd:") {
+                offer.push_str(&format!("a=ice-pwd:{pwd}"));
+            } else {
+                offer.push_str(line);
+            }
+            offer.push_str("\r\n");
+        }
+        self.take_offer(&offer).await?;
+        let answer = self.answer_whole().await?;
+        Ok(ice_fragment(&answer))
+    }
+
     /// Sets the remote description, then the candidates that came before it.
     async fn set_remote(&self, desc: RTCSessionDescription) -> Result<(), RelayError> {
         let has_data = desc.sdp.lines().any(|l| l.starts_with("m=application"));
@@ -666,5 +695,47 @@ impl Link {
         if let Err(e) = self.pc.close().await {
             debug!(peer = %self.remote, "close: {e}");
         }
+    }
+}
+
+/// The ICE part of a description as a fragment (RFC 8840): its credentials
+/// and options, the bundle group, the first media section's line and mid,
+/// and every candidate.
+fn ice_fragment(sdp: &str) -> String {
+    let lines: Vec<&str> = sdp.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let first = |prefix: &str| lines.iter().find(|l| l.starts_with(prefix)).copied();
+    let mut frag: Vec<&str> = Vec::new();
+    frag.extend(first("a=ice-options:"));
+    frag.extend(first("a=group:BUNDLE"));
+    frag.extend(first("m="));
+    frag.extend(first("a=mid:"));
+    frag.extend(first("a=ice-ufrag:"));
+    frag.extend(first("a=ice-pwd:"));
+    let mut seen = std::collections::HashSet::new();
+    frag.extend(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("a=candidate:") && seen.insert(**l)),
+    );
+    frag.push("a=end-of-candidates");
+    frag.iter().map(|l| format!("{l}\r\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answers_ice_fragment_has_its_credentials_and_candidates_once() {
+        let answer = "v=0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+            a=ice-ufrag:new\r\na=ice-pwd:secret\r\na=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\na=ice-ufrag:new\r\n\
+            a=ice-pwd:secret\r\na=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n";
+        assert_eq!(
+            ice_fragment(answer),
+            "a=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+             a=ice-ufrag:new\r\na=ice-pwd:secret\r\n\
+             a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n"
+        );
     }
 }

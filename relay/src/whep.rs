@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::downstream::Downstream;
 use crate::forward::Hub;
 use crate::media::Codec;
-use crate::offer_sessions::{fragment_candidates, OfferSessions, SessionError};
+use crate::offer_sessions::{send_patch, OfferSessions, Patch, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::RelayError;
 
@@ -39,8 +39,8 @@ pub struct WhepEgress {
 
 struct Viewer {
     id: String,
-    /// Trickled candidates, as `signal` payloads, for the session's task.
-    candidates: mpsc::UnboundedSender<Vec<String>>,
+    /// PATCHes, for the session's task to apply.
+    patches: mpsc::UnboundedSender<Patch>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -135,22 +135,24 @@ impl OfferSessions for WhepEgress {
         info!("WHEP: {remote} (session {id})");
         viewers.push(Viewer {
             id: id.clone(),
-            candidates: cand_tx,
+            patches: cand_tx,
             stop: Some(stop_tx),
             task,
         });
         Ok((id, answer))
     }
 
-    async fn trickle(&self, id: &str, fragment: &str) -> Result<(), SessionError> {
-        let signals = fragment_candidates(fragment)?;
-        let viewers = self.viewers.lock().await;
-        let v = viewers
-            .iter()
-            .find(|v| v.id == id && !v.task.is_finished())
-            .ok_or(SessionError::NoSession)?;
-        let _ = v.candidates.send(signals);
-        Ok(())
+    async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError> {
+        let to = {
+            let viewers = self.viewers.lock().await;
+            viewers
+                .iter()
+                .find(|v| v.id == id && !v.task.is_finished())
+                .ok_or(SessionError::NoSession)?
+                .patches
+                .clone()
+        };
+        send_patch(&to, fragment).await
     }
 
     async fn end(&self, id: &str) -> Result<(), SessionError> {
@@ -176,7 +178,7 @@ async fn run_player(
     down: Downstream,
     mut events: mpsc::UnboundedReceiver<(String, LinkEvent)>,
     mut stop: oneshot::Receiver<()>,
-    mut candidates: mpsc::UnboundedReceiver<Vec<String>>,
+    mut patches: mpsc::UnboundedReceiver<Patch>,
 ) {
     let link = down.link.clone();
     let remote = link.remote.clone();
@@ -186,13 +188,7 @@ async fn run_player(
                 info!("WHEP: {remote} ended its session");
                 break;
             }
-            Some(signals) = candidates.recv() => {
-                for signal in signals {
-                    if let Err(e) = link.on_signal(&signal).await {
-                        warn!("WHEP: {remote}: a trickled candidate: {e}");
-                    }
-                }
-            }
+            Some(patch) = patches.recv() => patch.apply(&link, &format!("WHEP: {remote}")).await,
             ev = events.recv() => {
                 let Some((_, ev)) = ev else { break };
                 match ev {

@@ -25,7 +25,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::forward::Hub;
 use crate::media::Codec;
-use crate::offer_sessions::{fragment_candidates, OfferSessions, SessionError};
+use crate::offer_sessions::{send_patch, OfferSessions, Patch, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::rtp_sdp;
 use crate::upstream::Upstream;
@@ -52,8 +52,8 @@ struct State {
 
 struct Session {
     id: String,
-    /// Trickled candidates, as `signal` payloads, for the session's task.
-    candidates: mpsc::UnboundedSender<Vec<String>>,
+    /// PATCHes, for the session's task to apply.
+    patches: mpsc::UnboundedSender<Patch>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -124,7 +124,7 @@ impl OfferSessions for WhipIngest {
         state.codecs = codecs;
         state.session = Some(Session {
             id: id.clone(),
-            candidates: cand_tx,
+            patches: cand_tx,
             stop: Some(stop_tx),
             task,
         });
@@ -139,11 +139,12 @@ impl OfferSessions for WhipIngest {
         Ok((id, answer))
     }
 
-    async fn trickle(&self, id: &str, fragment: &str) -> Result<(), SessionError> {
-        let signals = fragment_candidates(fragment)?;
-        let state = self.state.lock().await;
-        let _ = live(&state, id)?.candidates.send(signals);
-        Ok(())
+    async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError> {
+        let to = {
+            let state = self.state.lock().await;
+            live(&state, id)?.patches.clone()
+        };
+        send_patch(&to, fragment).await
     }
 
     /// Ends session `id`: the tree stays, waiting for the next publisher.
@@ -224,7 +225,7 @@ async fn run_session(
     hub: Arc<Hub>,
     mut events: mpsc::UnboundedReceiver<(String, LinkEvent)>,
     mut stop: oneshot::Receiver<()>,
-    mut candidates: mpsc::UnboundedReceiver<Vec<String>>,
+    mut patches: mpsc::UnboundedReceiver<Patch>,
 ) {
     let remote = link.remote.clone();
     let mut upstream = Upstream::new(link.clone());
@@ -234,13 +235,7 @@ async fn run_session(
                 info!("WHIP: {remote} ended its session; the tree waits for a publisher");
                 break;
             }
-            Some(signals) = candidates.recv() => {
-                for signal in signals {
-                    if let Err(e) = link.on_signal(&signal).await {
-                        warn!("WHIP: {remote}: a trickled candidate: {e}");
-                    }
-                }
-            }
+            Some(patch) = patches.recv() => patch.apply(&link, &format!("WHIP: {remote}")).await,
             ev = events.recv() => {
                 let Some((_, ev)) = ev else { break };
                 match ev {

@@ -17,6 +17,10 @@
 // "sent":M,"rtp_in":R,"delete_status":N|null}. With a status other than 201
 // it prints the summary at once and exits 0: the test judges the status.
 //
+// With --restart-at MS (werift) it restarts ICE then (RFC 9725 §4.3.3): a
+// PATCH with its new credentials and candidates, `If-Match: "*"`; it
+// prints `restart: N` (the status) and applies the fragment it got back.
+//
 // Usage: node whip_publish.mjs WHIP_URL [--stack werift|ndc] [--token T] [--codec vp8|h264]
 //          [--messages N] [--messages-at MS] [--prefix P] [--seconds S] [--keep]
 //          [--verbose]
@@ -31,7 +35,7 @@ const USAGE =
   '[--messages-at MS] [--prefix P] [--seconds S] [--keep] [--verbose]';
 
 function parseArgs(argv) {
-  const opts = { stack: 'werift', token: null, codec: 'vp8', messages: 0, messagesAt: 0, prefix: 'pub', seconds: 10, keep: false, verbose: false };
+  const opts = { restartAt: null, stack: 'werift', token: null, codec: 'vp8', messages: 0, messagesAt: 0, prefix: 'pub', seconds: 10, keep: false, verbose: false };
   const pos = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -41,6 +45,7 @@ function parseArgs(argv) {
     };
     if (a === '--token') opts.token = val();
     else if (a === '--stack') opts.stack = val();
+    else if (a === '--restart-at') opts.restartAt = Number(val());
     else if (a === '--codec') opts.codec = val();
     else if (a === '--messages') opts.messages = Number(val());
     else if (a === '--messages-at') opts.messagesAt = Number(val());
@@ -107,6 +112,14 @@ function werift() {
       return pc.localDescription.sdp;
     },
     answer: (sdp) => pc.setRemoteDescription({ type: 'answer', sdp }),
+    async restartOffer() {
+      const gathered = new Promise((resolve) =>
+        pc.iceGatheringStateChange.subscribe((s) => s === 'complete' && resolve()),
+      );
+      await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+      await Promise.race([gathered, new Promise((r) => setTimeout(r, 2000))]);
+      return pc.localDescription.sdp;
+    },
     writeRtp: (buf) => track.writeRtp(buf),
     send: (text) => dc.send(text),
     close: () => pc.close(),
@@ -171,6 +184,49 @@ function onChannelOpen() {
 
 const peer = opts.stack === 'ndc' ? ndc() : werift();
 
+// The first section's ICE lines of a description, as a fragment.
+function iceFragment(sdp) {
+  const lines = sdp.split(/\r?\n/);
+  const first = (p) => lines.find((l) => l.startsWith(p));
+  const frag = [first('a=ice-ufrag:'), first('a=ice-pwd:'), first('m='), first('a=mid:')];
+  frag.push(...new Set(lines.filter((l) => l.startsWith('a=candidate:'))), 'a=end-of-candidates');
+  return frag.filter(Boolean).join('\r\n') + '\r\n';
+}
+
+// Restarts ICE through the session URL; returns the answer updated with
+// the server's new fragment.
+async function restartIce(answer) {
+  const offer = await peer.restartOffer();
+  const res = await fetch(summary.location, {
+    method: 'PATCH',
+    headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': '*', ...auth },
+    body: iceFragment(offer),
+  });
+  out(`restart: ${res.status}`);
+  const frag = await res.text();
+  if (res.status !== 200) {
+    log(`restart refused: ${frag.trim()}`);
+    return answer;
+  }
+  vlog(`restart answer:\n${frag}`);
+  const flines = frag.split(/\r?\n/);
+  const get = (p) => flines.find((l) => l.startsWith(p));
+  const candidates = flines.filter((l) => l.startsWith('a=candidate:'));
+  const updated = [];
+  let section = -1;
+  for (const line of answer.split(/\r?\n/)) {
+    if (line.startsWith('m=')) section++;
+    if (line.startsWith('a=candidate:') || line.startsWith('a=end-of-candidates')) continue;
+    if (line.startsWith('a=ice-ufrag:')) updated.push(get('a=ice-ufrag:'));
+    else if (line.startsWith('a=ice-pwd:')) updated.push(get('a=ice-pwd:'));
+    else if (line !== '') updated.push(line);
+    if (line.startsWith('a=mid:') && section === 0) updated.push(...candidates, 'a=end-of-candidates');
+  }
+  const sdp = updated.join('\r\n') + '\r\n';
+  await peer.answer(sdp);
+  return sdp;
+}
+
 const udp = dgram.createSocket('udp4');
 udp.on('message', (msg) => {
   summary.rtp_in++;
@@ -210,6 +266,16 @@ if (res.status !== 201) {
   out(`location: ${summary.location}`);
   vlog(`answer:\n${body}`);
   await peer.answer(body);
+  let answer = body;
+  if (opts.restartAt !== null) {
+    setTimeout(async () => {
+      try {
+        answer = await restartIce(answer);
+      } catch (err) {
+        log(`ICE restart failed: ${err.stack ?? err}`);
+      }
+    }, Math.max(0, opts.restartAt - ms()));
+  }
   setTimeout(async () => {
     if (!opts.keep) {
       try {
