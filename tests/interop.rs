@@ -131,23 +131,11 @@ fn werift_source_feeds_a_recording_relay_byte_for_byte() {
         .trim()
         .parse()
         .expect("a port");
-    let rec = s.path("leaf.ivf");
-    let data = s.path("leaf.data");
-    let _leaf = relay(
-        &s,
-        "leaf",
-        &url,
-        &tree,
-        &[
-            "--k",
-            "0",
-            "--record",
-            rec.to_str().expect("UTF-8 path"),
-            "--data-out",
-            data.to_str().expect("UTF-8 path"),
-        ],
-        "connected to parent",
-    );
+    let Member {
+        proc: _leaf,
+        rec,
+        data,
+    } = recording_member(&s, &url, &tree);
     let started = std::time::Instant::now();
     let video = sample("testsrc-640x360-vp8.ivf");
     let mut ff = ffmpeg_sends(&s, &video, ([127, 0, 0, 1], port).into());
@@ -164,10 +152,7 @@ fn werift_source_feeds_a_recording_relay_byte_for_byte() {
     let start = assert_run_of_file(&frames[..n], file.frames(), "below a werift source");
     assert_eq!(start, 0, "from the file's first frame");
     let want: Vec<String> = (0..100).map(|i| format!("werift-{i:04}")).collect();
-    let got = until("100 messages", Duration::from_secs(20), || {
-        let got = data_lines(&data, "werift-");
-        (got.len() >= want.len()).then_some(got)
-    });
+    let got = messages_at(&data, "werift-", want.len());
     assert_eq!(got, want, "werift's messages, complete and in order");
     eprintln!(
         "werift source above a recording relay: {n} of {n} frames byte for byte, the first {} ms \

@@ -42,9 +42,7 @@ fn a_whep_player_below_a_relay_gets_every_frame_and_message() {
         &["--k", "1", "--whep", "127.0.0.1:0", "--whep-max", "1"],
         "connected to parent",
     );
-    let whep = relay.line("whep:", Duration::from_secs(10))["whep:".len()..]
-        .trim()
-        .to_owned();
+    let whep = endpoint(&relay, "whep:");
 
     // The server's view of the tree names the relay's WHEP URL.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -179,9 +177,7 @@ fn gstreamer_webrtcbin_plays_over_whep() {
         &["--k", "1", "--whep", "127.0.0.1:0"],
         "connected to parent",
     );
-    let whep = relay.line("whep:", Duration::from_secs(10))["whep:".len()..]
-        .trim()
-        .to_owned();
+    let whep = endpoint(&relay, "whep:");
     until("media at the relay", Duration::from_secs(10), || {
         log_has(&relay, "media from the parent")
     });

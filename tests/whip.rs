@@ -20,6 +20,26 @@ use relay::source::VideoFile;
 
 const TOKEN: &str = "s3cret";
 
+/// A source serving WHIP with the token, and its endpoint's URL.
+fn whip_source(s: &Scratch, url: &str) -> (Proc, String) {
+    let src = Proc::spawn(
+        s,
+        "source",
+        &[
+            "source",
+            "--whip",
+            "127.0.0.1:0",
+            "--whip-token",
+            TOKEN,
+            "--signal",
+            url,
+        ],
+        false,
+    );
+    let whip = endpoint(&src, "whip:");
+    (src, whip)
+}
+
 /// A werift publisher POSTing to `url`; its stdout lines say what happened.
 fn publisher(s: &Scratch, dir: &Path, name: &str, url: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new("node");
@@ -83,23 +103,7 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     }
     let s = Scratch::new("whip");
     let (_sig, url) = signal_server(&s, &[]);
-    let src = Proc::spawn(
-        &s,
-        "source",
-        &[
-            "source",
-            "--whip",
-            "127.0.0.1:0",
-            "--whip-token",
-            TOKEN,
-            "--signal",
-            &url,
-        ],
-        false,
-    );
-    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
-        .trim()
-        .to_owned();
+    let (src, whip) = whip_source(&s, &url);
 
     // Refused, each with its status, before any publisher is there.
     let sdp = [("Content-Type", "application/sdp")];
@@ -182,23 +186,11 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     let a_rtp = rtp_port(&a);
     assert_eq!(a.line("status:", Duration::from_secs(20)), "status: 201");
     let tree = tree_id(&src);
-    let rec = s.path("leaf.ivf");
-    let data = s.path("leaf.data");
-    let _leaf = relay(
-        &s,
-        "leaf",
-        &url,
-        &tree,
-        &[
-            "--k",
-            "0",
-            "--record",
-            rec.to_str().expect("UTF-8 path"),
-            "--data-out",
-            data.to_str().expect("UTF-8 path"),
-        ],
-        "connected to parent",
-    );
+    let Member {
+        proc: _leaf,
+        rec,
+        data,
+    } = recording_member(&s, &url, &tree);
     a.line("channel-open", Duration::from_secs(20));
     let started = std::time::Instant::now();
     let video = sample("testsrc-640x360-vp8.ivf");
@@ -221,10 +213,7 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     let start = assert_run_of_file(&frames[..n], file.frames(), "WHIP in");
     assert_eq!(start, 0, "from the file's first frame");
     let want: Vec<String> = (0..100).map(|i| format!("a-{i:04}")).collect();
-    let got = until("100 messages", Duration::from_secs(20), || {
-        let got = data_lines(&data, "a-");
-        (got.len() >= want.len()).then_some(got)
-    });
+    let got = messages_at(&data, "a-", want.len());
     assert_eq!(got, want, "the publisher's messages, complete and in order");
 
     // DELETE (at the publisher's end): the source and its member stay.
@@ -275,23 +264,7 @@ fn gstreamer_webrtcbin_publishes_over_whip() {
     }
     let s = Scratch::new("whip-gst");
     let (_sig, url) = signal_server(&s, &[]);
-    let src = Proc::spawn(
-        &s,
-        "source",
-        &[
-            "source",
-            "--whip",
-            "127.0.0.1:0",
-            "--whip-token",
-            TOKEN,
-            "--signal",
-            &url,
-        ],
-        false,
-    );
-    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
-        .trim()
-        .to_owned();
+    let (src, whip) = whip_source(&s, &url);
     let video = sample("testsrc-640x360-vp8.ivf");
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.arg(dir.join("gst_whip.py"))
@@ -303,23 +276,11 @@ fn gstreamer_webrtcbin_publishes_over_whip() {
     let gst = Proc::spawn_command(&s, "gstreamer", cmd, false);
     assert_eq!(gst.line("status:", Duration::from_secs(20)), "status: 201");
     let tree = tree_id(&src);
-    let rec = s.path("leaf.ivf");
-    let data = s.path("leaf.data");
-    let _leaf = relay(
-        &s,
-        "leaf",
-        &url,
-        &tree,
-        &[
-            "--k",
-            "0",
-            "--record",
-            rec.to_str().expect("UTF-8 path"),
-            "--data-out",
-            data.to_str().expect("UTF-8 path"),
-        ],
-        "connected to parent",
-    );
+    let Member {
+        proc: _leaf,
+        rec,
+        data,
+    } = recording_member(&s, &url, &tree);
     let summary = summary(&gst, Duration::from_secs(40));
     assert_eq!(summary["delete_status"], 200, "{summary}");
     // The member joined while the file played: from the group it joined
@@ -361,23 +322,7 @@ fn libdatachannel_publishes_over_whip() {
     }
     let s = Scratch::new("whip-ndc");
     let (_sig, url) = signal_server(&s, &[]);
-    let src = Proc::spawn(
-        &s,
-        "source",
-        &[
-            "source",
-            "--whip",
-            "127.0.0.1:0",
-            "--whip-token",
-            TOKEN,
-            "--signal",
-            &url,
-        ],
-        false,
-    );
-    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
-        .trim()
-        .to_owned();
+    let (src, whip) = whip_source(&s, &url);
     let p = publisher(
         &s,
         &dir,
@@ -399,23 +344,11 @@ fn libdatachannel_publishes_over_whip() {
     let rtp = rtp_port(&p);
     assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
     let tree = tree_id(&src);
-    let rec = s.path("leaf.ivf");
-    let data = s.path("leaf.data");
-    let _leaf = relay(
-        &s,
-        "leaf",
-        &url,
-        &tree,
-        &[
-            "--k",
-            "0",
-            "--record",
-            rec.to_str().expect("UTF-8 path"),
-            "--data-out",
-            data.to_str().expect("UTF-8 path"),
-        ],
-        "connected to parent",
-    );
+    let Member {
+        proc: _leaf,
+        rec,
+        data,
+    } = recording_member(&s, &url, &tree);
     let video = sample("testsrc-640x360-vp8.ivf");
     let started = std::time::Instant::now();
     let mut ff = ffmpeg_sends(&s, &video, rtp);
@@ -426,10 +359,7 @@ fn libdatachannel_publishes_over_whip() {
     });
     assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
     let last = &file.frames()[n - 1].data;
-    let frames = until("the file's last frame", Duration::from_secs(20), || {
-        let f = ivf_frames(&rec);
-        (f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
-    });
+    let frames = recorded_to(&rec, last, Duration::from_secs(20));
     // From the first keyframe, or the second when webrtc-rs dropped part of
     // the first: it loses the packets that arrive in the same read as a new
     // remote track's first one (downstream.rs, the primer), and ffmpeg
@@ -441,10 +371,7 @@ fn libdatachannel_publishes_over_whip() {
     );
     assert_eq!(start + frames.len(), n, "through the file's last frame");
     let want: Vec<String> = (0..100).map(|i| format!("ndc-{i:04}")).collect();
-    let got = until("100 messages", Duration::from_secs(20), || {
-        let got = data_lines(&data, "ndc-");
-        (got.len() >= want.len()).then_some(got)
-    });
+    let got = messages_at(&data, "ndc-", want.len());
     assert_eq!(
         got, want,
         "libdatachannel's messages, complete and in order"
@@ -473,23 +400,7 @@ fn an_ice_restart_keeps_the_publisher_sending() {
     }
     let s = Scratch::new("whip-restart");
     let (_sig, url) = signal_server(&s, &[]);
-    let src = Proc::spawn(
-        &s,
-        "source",
-        &[
-            "source",
-            "--whip",
-            "127.0.0.1:0",
-            "--whip-token",
-            TOKEN,
-            "--signal",
-            &url,
-        ],
-        false,
-    );
-    let whip = src.line("whip:", Duration::from_secs(20))["whip:".len()..]
-        .trim()
-        .to_owned();
+    let (src, whip) = whip_source(&s, &url);
     let p = publisher(
         &s,
         &dir,
@@ -516,10 +427,7 @@ fn an_ice_restart_keeps_the_publisher_sending() {
     assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
     let file = VideoFile::open(&video).expect("sample parses");
     let last = &file.frames()[file.frames().len() - 1].data;
-    let frames = until("the file's last frame", Duration::from_secs(20), || {
-        let f = ivf_frames(&rec);
-        (f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
-    });
+    let frames = recorded_to(&rec, last, Duration::from_secs(20));
     let runs = runs_of(&frames, file.frames(), "across the ICE restart");
     let summary = summary(&p, Duration::from_secs(30));
     assert_eq!(summary["delete_status"], 200, "{summary}");

@@ -5,7 +5,11 @@
 //! tracks in, whep.rs gives a player the node's tracks; the binary serves
 //! both over HTTP through this trait.
 
-use tokio::sync::oneshot;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::peer::Link;
@@ -129,25 +133,85 @@ impl Patch {
     }
 }
 
-/// Sends `fragment` to a session's task (`to`) and waits for its answer
-/// if it is a restart.
-pub async fn send_patch(
-    to: &tokio::sync::mpsc::UnboundedSender<Patch>,
-    fragment: &str,
-) -> Result<Option<String>, SessionError> {
-    let (reply, answer) = oneshot::channel();
-    let patch = Patch::parse(fragment, reply)?;
-    let restart = matches!(patch, Patch::Restart { .. });
-    to.send(patch).map_err(|_| SessionError::NoSession)?;
-    if !restart {
-        return Ok(None);
+/// Sends PATCHes to a session's task.
+pub struct Patcher(mpsc::UnboundedSender<Patch>);
+
+impl Patcher {
+    /// Sends `fragment` and waits for the answer if it is a restart.
+    pub async fn send(&self, fragment: &str) -> Result<Option<String>, SessionError> {
+        let (reply, answer) = oneshot::channel();
+        let patch = Patch::parse(fragment, reply)?;
+        let restart = matches!(patch, Patch::Restart { .. });
+        self.0.send(patch).map_err(|_| SessionError::NoSession)?;
+        if !restart {
+            return Ok(None);
+        }
+        match answer.await {
+            Ok(Ok(fragment)) => Ok(Some(fragment)),
+            Ok(Err(e)) => Err(SessionError::Unusable(format!(
+                "the ICE restart failed: {e}"
+            ))),
+            Err(_) => Err(SessionError::NoSession),
+        }
     }
-    match answer.await {
-        Ok(Ok(fragment)) => Ok(Some(fragment)),
-        Ok(Err(e)) => Err(SessionError::Unusable(format!(
-            "the ICE restart failed: {e}"
-        ))),
-        Err(_) => Err(SessionError::NoSession),
+}
+
+/// How long ending a session may take before its task is cut off.
+const END_WAIT: Duration = Duration::from_secs(2);
+
+/// A live session: its id, and the task that runs it, reached by PATCHes
+/// and told to stop by DELETE.
+pub struct LiveSession {
+    pub id: String,
+    patches: mpsc::UnboundedSender<Patch>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl LiveSession {
+    /// Runs `session` (given the stop signal and the PATCHes) under a new id.
+    pub fn spawn<F, Fut>(session: F) -> LiveSession
+    where
+        F: FnOnce(oneshot::Receiver<()>, mpsc::UnboundedReceiver<Patch>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (stop_tx, stop) = oneshot::channel();
+        let (patches, patches_rx) = mpsc::unbounded_channel();
+        LiveSession {
+            id: format!("{:032x}", rand::random::<u128>()),
+            patches,
+            stop: Some(stop_tx),
+            task: tokio::spawn(session(stop, patches_rx)),
+        }
+    }
+
+    /// Whether its task still runs (a failed connection ends it).
+    pub fn is_live(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// Whether this is session `id`, still live.
+    pub fn is(&self, id: &str) -> bool {
+        self.id == id && self.is_live()
+    }
+
+    /// The way to PATCH it, to use without holding what holds the session
+    /// (a restart takes up to the gathering wait).
+    pub fn patcher(&self) -> Patcher {
+        Patcher(self.patches.clone())
+    }
+
+    /// Stops the task and waits for it to close its connection.
+    pub async fn end(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(END_WAIT, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
     }
 }
 

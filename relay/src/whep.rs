@@ -11,38 +11,25 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::info;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::downstream::Downstream;
 use crate::forward::Hub;
 use crate::media::Codec;
-use crate::offer_sessions::{send_patch, OfferSessions, Patch, SessionError};
+use crate::offer_sessions::{LiveSession, OfferSessions, Patch, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::RelayError;
-
-/// How long ending a session may take before its task is cut off.
-const END_WAIT: Duration = Duration::from_secs(2);
 
 /// The WHEP egress of one node.
 pub struct WhepEgress {
     cfg: LinkConfig,
     hub: Arc<Hub>,
     max: usize,
-    viewers: tokio::sync::Mutex<Vec<Viewer>>,
+    viewers: tokio::sync::Mutex<Vec<LiveSession>>,
     opened: AtomicU64,
-}
-
-struct Viewer {
-    id: String,
-    /// PATCHes, for the session's task to apply.
-    patches: mpsc::UnboundedSender<Patch>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
 }
 
 impl WhepEgress {
@@ -60,7 +47,7 @@ impl WhepEgress {
     /// Slots free now.
     pub async fn free(&self) -> usize {
         let mut viewers = self.viewers.lock().await;
-        viewers.retain(|v| !v.task.is_finished());
+        viewers.retain(LiveSession::is_live);
         self.max.saturating_sub(viewers.len())
     }
 
@@ -85,7 +72,7 @@ impl WhepEgress {
 impl OfferSessions for WhepEgress {
     async fn open(&self, offer: &str) -> Result<(String, String), SessionError> {
         let mut viewers = self.viewers.lock().await;
-        viewers.retain(|v| !v.task.is_finished());
+        viewers.retain(LiveSession::is_live);
         if viewers.len() >= self.max {
             return Err(SessionError::Full(format!(
                 "all {} WHEP slots of this node are taken; another node of the tree may have \
@@ -128,47 +115,34 @@ impl OfferSessions for WhepEgress {
                 have.join(", ")
             )));
         }
-        let id = format!("{:032x}", rand::random::<u128>());
-        let (stop_tx, stop) = oneshot::channel();
-        let (cand_tx, cands) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_player(down, events, stop, cands));
+        let session = LiveSession::spawn(|stop, patches| run_player(down, events, stop, patches));
+        let id = session.id.clone();
         info!("WHEP: {remote} (session {id})");
-        viewers.push(Viewer {
-            id: id.clone(),
-            patches: cand_tx,
-            stop: Some(stop_tx),
-            task,
-        });
+        viewers.push(session);
         Ok((id, answer))
     }
 
     async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError> {
-        let to = {
-            let viewers = self.viewers.lock().await;
-            viewers
-                .iter()
-                .find(|v| v.id == id && !v.task.is_finished())
-                .ok_or(SessionError::NoSession)?
-                .patches
-                .clone()
-        };
-        send_patch(&to, fragment).await
+        let patcher = self
+            .viewers
+            .lock()
+            .await
+            .iter()
+            .find(|v| v.is(id))
+            .ok_or(SessionError::NoSession)?
+            .patcher();
+        patcher.send(fragment).await
     }
 
     async fn end(&self, id: &str) -> Result<(), SessionError> {
         let mut viewers = self.viewers.lock().await;
         let i = viewers
             .iter()
-            .position(|v| v.id == id && !v.task.is_finished())
+            .position(|v| v.is(id))
             .ok_or(SessionError::NoSession)?;
-        let mut v = viewers.swap_remove(i);
+        let v = viewers.swap_remove(i);
         drop(viewers);
-        if let Some(stop) = v.stop.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(END_WAIT, &mut v.task).await.is_err() {
-            v.task.abort();
-        }
+        v.end().await;
         Ok(())
     }
 }

@@ -16,23 +16,18 @@
 //! (offer_sessions.rs).
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::forward::Hub;
 use crate::media::Codec;
-use crate::offer_sessions::{send_patch, OfferSessions, Patch, SessionError};
+use crate::offer_sessions::{LiveSession, OfferSessions, Patch, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::rtp_sdp;
 use crate::upstream::Upstream;
 use crate::RelayError;
-
-/// How long ending a session may take before its task is cut off.
-const END_WAIT: Duration = Duration::from_secs(2);
 
 /// The WHIP ingest of one source.
 pub struct WhipIngest {
@@ -44,18 +39,10 @@ pub struct WhipIngest {
 
 #[derive(Default)]
 struct State {
-    session: Option<Session>,
+    session: Option<LiveSession>,
     /// The codec of each kind, fixed by the first publisher.
     codecs: Vec<Codec>,
     sessions_started: u64,
-}
-
-struct Session {
-    id: String,
-    /// PATCHes, for the session's task to apply.
-    patches: mpsc::UnboundedSender<Patch>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
 }
 
 impl WhipIngest {
@@ -79,11 +66,7 @@ impl OfferSessions for WhipIngest {
     /// answer, which holds every candidate of this end.
     async fn open(&self, offer: &str) -> Result<(String, String), SessionError> {
         let mut state = self.state.lock().await;
-        if state
-            .session
-            .as_ref()
-            .is_some_and(|s| !s.task.is_finished())
-        {
+        if state.session.as_ref().is_some_and(LiveSession::is_live) {
             return Err(SessionError::Busy(
                 "a publisher is already sending to this tree; it must end its session (DELETE) \
                  first"
@@ -91,7 +74,6 @@ impl OfferSessions for WhipIngest {
             ));
         }
         let codecs = choose_codecs(offer, &state.codecs)?;
-        let id = format!("{:032x}", rand::random::<u128>());
         state.sessions_started += 1;
         let remote = format!("publisher-{}", state.sessions_started);
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -110,9 +92,10 @@ impl OfferSessions for WhipIngest {
                 });
             }
         };
-        let (stop_tx, stop) = oneshot::channel();
-        let (cand_tx, cands) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_session(link, self.hub.clone(), events, stop, cands));
+        let hub = self.hub.clone();
+        let session =
+            LiveSession::spawn(|stop, patches| run_session(link, hub, events, stop, patches));
+        let id = session.id.clone();
         info!(
             "WHIP: a publisher offered {}; session {id}",
             codecs
@@ -122,12 +105,7 @@ impl OfferSessions for WhipIngest {
                 .join(" and ")
         );
         state.codecs = codecs;
-        state.session = Some(Session {
-            id: id.clone(),
-            patches: cand_tx,
-            stop: Some(stop_tx),
-            task,
-        });
+        state.session = Some(session);
         if let Some(first) = self
             .first
             .lock()
@@ -140,39 +118,28 @@ impl OfferSessions for WhipIngest {
     }
 
     async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError> {
-        let to = {
-            let state = self.state.lock().await;
-            live(&state, id)?.patches.clone()
-        };
-        send_patch(&to, fragment).await
+        let patcher = live(&*self.state.lock().await, id)?.patcher();
+        patcher.send(fragment).await
     }
 
     /// Ends session `id`: the tree stays, waiting for the next publisher.
     async fn end(&self, id: &str) -> Result<(), SessionError> {
         let mut state = self.state.lock().await;
         live(&state, id)?;
-        let Some(mut session) = state.session.take() else {
+        let Some(session) = state.session.take() else {
             return Err(SessionError::NoSession);
         };
         drop(state);
-        if let Some(stop) = session.stop.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(END_WAIT, &mut session.task)
-            .await
-            .is_err()
-        {
-            session.task.abort();
-        }
+        session.end().await;
         Ok(())
     }
 }
 
-fn live<'a>(state: &'a State, id: &str) -> Result<&'a Session, SessionError> {
+fn live<'a>(state: &'a State, id: &str) -> Result<&'a LiveSession, SessionError> {
     state
         .session
         .as_ref()
-        .filter(|s| s.id == id && !s.task.is_finished())
+        .filter(|s| s.is(id))
         .ok_or(SessionError::NoSession)
 }
 

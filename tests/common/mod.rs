@@ -851,3 +851,56 @@ pub(crate) fn gstreamer_or_skip(test: &str) -> Option<()> {
     eprintln!("skipped: {what}");
     None
 }
+
+/// A leaf relay of `tree` recording its video to `leaf.ivf` and its
+/// messages to `leaf.data` in the scratch directory, once connected.
+pub(crate) struct Member {
+    pub proc: Proc,
+    pub rec: PathBuf,
+    pub data: PathBuf,
+}
+
+pub(crate) fn recording_member(s: &Scratch, url: &str, tree: &str) -> Member {
+    let rec = s.path("leaf.ivf");
+    let data = s.path("leaf.data");
+    let proc = relay(
+        s,
+        "leaf",
+        url,
+        tree,
+        &[
+            "--k",
+            "0",
+            "--record",
+            rec.to_str().expect("UTF-8 path"),
+            "--data-out",
+            data.to_str().expect("UTF-8 path"),
+        ],
+        "connected to parent",
+    );
+    Member { proc, rec, data }
+}
+
+/// The recording at `rec` once it ends with `last`, a stream's last frame.
+pub(crate) fn recorded_to(rec: &Path, last: &[u8], within: Duration) -> Vec<Vec<u8>> {
+    until("the stream's last frame", within, || {
+        let f = ivf_frames(rec);
+        (f.last().map(|l| &l[..]) == Some(last)).then_some(f)
+    })
+}
+
+/// The URL a process printed after `what:` (`whip:`, `whep:`).
+pub(crate) fn endpoint(p: &Proc, what: &str) -> String {
+    p.line(what, Duration::from_secs(20))[what.len()..]
+        .trim()
+        .to_owned()
+}
+
+/// Every message with `prefix` at `data` (a --data-out file), once there
+/// are `n` of them.
+pub(crate) fn messages_at(data: &Path, prefix: &str, n: usize) -> Vec<String> {
+    until(&format!("{n} messages"), Duration::from_secs(20), || {
+        let got = data_lines(data, prefix);
+        (got.len() >= n).then_some(got)
+    })
+}
