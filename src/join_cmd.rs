@@ -72,7 +72,9 @@ pub(crate) async fn run(args: JoinArgs) -> Result<()> {
         udp_addrs: udp,
         ice_servers: client.hello().ice_servers.clone(),
     };
-    let whep = args.whep.serve(whep_listener, &link, &hub)?;
+    let whep = args
+        .whep
+        .serve(whep_listener, &link, &args.udp_addrs, &hub)?;
     let opts = NodeOptions {
         link,
         whep,

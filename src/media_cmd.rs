@@ -62,9 +62,10 @@ impl SignalTls {
 const REJOIN_FOR: Duration = Duration::from_secs(60);
 
 /// Host candidates on every interface by default; only loopback when the
-/// signalling server is on loopback (nothing else could reach it anyway, and
-/// webrtc-rs skips loopback when it binds every interface); `--udp-addr`
-/// wins over both.
+/// server the peers reach this node through (the signalling server; for
+/// WHIP and WHEP sessions the HTTP endpoint) is on loopback: nothing else
+/// could reach it anyway, and webrtc-rs skips loopback when it binds every
+/// interface. `--udp-addr` wins over both.
 pub(crate) fn udp_addrs(signal_url: &str, explicit: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
     if !explicit.is_empty() {
         return Ok(explicit.to_vec());
@@ -158,12 +159,14 @@ impl WhepArgs {
         &self,
         listener: Option<tokio::net::TcpListener>,
         link: &LinkConfig,
+        explicit_udp: &[SocketAddr],
         hub: &Arc<Hub>,
     ) -> Result<Option<Whep>> {
         let Some(listener) = listener else {
             return Ok(None);
         };
-        let egress = WhepEgress::new(link.clone(), hub.clone(), self.whep_max);
+        let link = http_link(link, listener.local_addr()?, explicit_udp)?;
+        let egress = WhepEgress::new(link, hub.clone(), self.whep_max);
         let url = crate::offer_http::serve(
             listener,
             crate::offer_http::Protocol::Whep,
@@ -173,5 +176,44 @@ impl WhepArgs {
         println!("whep:  {url}");
         let _ = std::io::stdout().flush();
         Ok(Some(Whep { url, egress }))
+    }
+}
+
+/// The link settings for sessions set up through an HTTP endpoint bound to
+/// `bound`: a player or publisher reaches this node where it reaches the
+/// endpoint, which may be another interface than the signalling server's.
+pub(crate) fn http_link(
+    link: &LinkConfig,
+    bound: SocketAddr,
+    explicit_udp: &[SocketAddr],
+) -> Result<LinkConfig> {
+    Ok(LinkConfig {
+        udp_addrs: udp_addrs(&format!("http://{bound}"), explicit_udp)?,
+        ..link.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_sessions_gather_where_their_endpoint_listens() {
+        // A loopback signalling server: loopback candidates for the tree.
+        let tree = LinkConfig {
+            udp_addrs: udp_addrs("ws://127.0.0.1:8080/ws", &[]).unwrap(),
+            ice_servers: Vec::new(),
+        };
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(tree.udp_addrs, vec![lo]);
+        // A WHIP endpoint on every interface: so are the publisher's.
+        let any = http_link(&tree, "0.0.0.0:8000".parse().unwrap(), &[]).unwrap();
+        assert!(any.udp_addrs.is_empty(), "{:?}", any.udp_addrs);
+        let local = http_link(&tree, "127.0.0.1:8000".parse().unwrap(), &[]).unwrap();
+        assert_eq!(local.udp_addrs, tree.udp_addrs);
+        // --udp-addr wins.
+        let chosen: SocketAddr = "192.0.2.7:0".parse().unwrap();
+        let pinned = http_link(&tree, "0.0.0.0:8000".parse().unwrap(), &[chosen]).unwrap();
+        assert_eq!(pinned.udp_addrs, vec![chosen]);
     }
 }

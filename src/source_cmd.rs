@@ -24,7 +24,7 @@ use relay::whip::WhipIngest;
 use signalling::server::{self, ServerConfig, ServerHandle};
 use tracing::info;
 
-use crate::media_cmd::{report_exit, udp_addrs, SignalTls, WhepArgs};
+use crate::media_cmd::{http_link, report_exit, udp_addrs, SignalTls, WhepArgs};
 use crate::offer_http::{self, Protocol};
 use crate::shutdown_signal;
 
@@ -208,8 +208,9 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
     };
     let (hub, overflow) = Hub::new();
     if let Input::Whip(addr) = &input {
-        let (ingest, first) = WhipIngest::new(link.clone(), hub.clone());
         let listener = offer_http::bind(*addr, Protocol::Whip).await?;
+        let whip_link = http_link(&link, listener.local_addr()?, &args.udp_addrs)?;
+        let (ingest, first) = WhipIngest::new(whip_link, hub.clone());
         let url = offer_http::serve(listener, Protocol::Whip, ingest, args.whip_token.clone())?;
         println!("whip:  {url}");
         let _ = std::io::stdout().flush();
@@ -341,7 +342,9 @@ pub(crate) async fn run(args: SourceArgs) -> Result<()> {
         created.tree.clone(),
     ));
 
-    let whep = args.whep.serve(whep_listener, &link, &hub)?;
+    let whep = args
+        .whep
+        .serve(whep_listener, &link, &args.udp_addrs, &hub)?;
     let opts = NodeOptions {
         link,
         whep,
