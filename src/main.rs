@@ -49,13 +49,18 @@ enum Command {
 ///   an ERROR when its `.local` name goes unanswered for 10 s (a viewer on
 ///   another network, connected all along through its own checks), and 18
 ///   "Unsupported Extension Type" lines per connection (Chromium offers
-///   DTLS 1.3 extensions; webrtc-rs skips them and speaks DTLS 1.2).
+///   DTLS 1.3 extensions; webrtc-rs skips them and speaks DTLS 1.2);
+/// - "refusing first packet due to empty server_config", once per
+///   connection where both ends send the SCTP INIT (Chromium does, and our
+///   DTLS server when none came in time): the other INIT sets up the
+///   association; it is the SCTP endpoint's only warning.
 ///
 /// `RUST_LOG` overrides.
 const DEFAULT_LOG: &str = "warn,peer_tree_relay=info,relay=info,signalling=info,\
                            rtc_ice::agent=error,rtc_ice::agent::agent_proto=off,\
                            rtc_dtls::config=error,rtc_dtls::handshake=error,\
-                           rtc_mdns::proto=error,rtc::peer_connection::handler=error";
+                           rtc_mdns::proto=error,rtc::peer_connection::handler=error,\
+                           rtc_sctp::endpoint=error";
 
 /// webrtc-rs errors that say something failed when nothing did, left out
 /// of the log. `RUST_LOG` does not bring them back: they are the driver's
