@@ -141,19 +141,47 @@ fn a_whep_player_below_a_relay_gets_every_frame_and_message() {
     until("the session ended", Duration::from_secs(10), || {
         log_has(&relay, "ended its session")
     });
-    let third = player(&s, &dir, "third", &whep, &["--seconds", "1"]);
+    // A player that dies without DELETE: its session ends when its
+    // connection fails, and the slot comes back.
+    let mut third = player(&s, &dir, "third", &whep, &["--seconds", "30", "--keep"]);
     assert_eq!(
         third.line("status:", Duration::from_secs(20)),
+        "status: 201"
+    );
+    let connected = |p: &Proc| {
+        p.log_text()
+            .lines()
+            .filter(|l| l.contains("WHEP: whep-player-") && l.ends_with(" connected"))
+            .count()
+    };
+    until(
+        "the third player connected",
+        Duration::from_secs(10),
+        || (connected(&relay) == 2).then_some(()),
+    );
+    third.kill();
+    let killed = std::time::Instant::now();
+    until(
+        "the dead player's session ended",
+        Duration::from_secs(20),
+        || log_has(&relay, "connection failed; its session ends"),
+    );
+    let gone_after = killed.elapsed();
+    let fourth = player(&s, &dir, "fourth", &whep, &["--seconds", "1"]);
+    assert_eq!(
+        fourth.line("status:", Duration::from_secs(20)),
         "status: 201"
     );
     eprintln!(
         "WHEP player (werift) below a relay: {} frames byte for byte from file frame {start}, \
          first packet {} ms after the player started, {} of {} messages in order; a second \
-         player 503 while the slot was taken, 201 after DELETE",
+         player 503 while the slot was taken, 201 after DELETE; a killed player's session \
+         ended {} ms after it died, and its slot was taken again",
         frames.len(),
         summary["first_packet_ms"],
         got.len(),
-        sent.len()
+        sent.len(),
+        gone_after.as_millis()
     );
 }
 

@@ -185,6 +185,19 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     );
     let a_rtp = rtp_port(&a);
     assert_eq!(a.line("status:", Duration::from_secs(20)), "status: 201");
+    let location = endpoint(&a, "location:");
+    // A trickled candidate (RFC 8840 fragment): 204. Then one for a session
+    // that does not exist: 404.
+    let fragment = b"a=mid:0\r\na=candidate:9 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let trickle = [
+        ("Content-Type", "application/trickle-ice-sdpfrag"),
+        ("Authorization", bearer.as_str()),
+    ];
+    assert_eq!(http(&location, "PATCH", &trickle, fragment), 204);
+    assert_eq!(
+        http(&format!("{whip}/0123"), "PATCH", &trickle, fragment),
+        404
+    );
     let tree = tree_id(&src);
     let Member {
         proc: _leaf,
