@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use relay::media::annex_b_nal_units;
 use relay::source::VideoFile;
 
 const TOKEN: &str = "s3cret";
@@ -450,5 +451,66 @@ fn an_ice_restart_keeps_the_publisher_sending() {
         frames.len(),
         runs.len(),
         runs.iter().map(|r| (r.from, r.len)).collect::<Vec<_>>()
+    );
+}
+
+/// H.264 over WHIP, as OBS sends it: node-datachannel offering H.264
+/// (packetization mode 1, constrained baseline), with x264's stream from
+/// ffmpeg behind it; a member records it as Annex B.
+#[test]
+fn h264_over_whip_reaches_a_member_nal_for_nal() {
+    let Some(dir) = node_drivers_or_skip("H.264 over WHIP") else {
+        return;
+    };
+    if ffmpeg_or_skip("H.264 over WHIP").is_none() {
+        return;
+    }
+    let s = Scratch::new("whip-h264");
+    let published = encode_h264(&s);
+    let (_sig, url) = signal_server(&s, &[]);
+    let (src, whip) = whip_source(&s, &url);
+    let p = publisher(
+        &s,
+        &dir,
+        "libdatachannel",
+        &whip,
+        &["--stack", "ndc", "--codec", "h264", "--seconds", "16"],
+    );
+    let rtp = rtp_port(&p);
+    assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let rec = s.path("leaf.h264");
+    let _leaf = relay(
+        &s,
+        "leaf",
+        &url,
+        &tree,
+        &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
+        "connected to parent",
+    );
+    let mut ff = ffmpeg_sends_h264(&s, &published, rtp, None);
+    let source = std::fs::read(&published).expect("read the published stream");
+    let want: Vec<&[u8]> = annex_b_nal_units(&source).collect();
+    let last = *want.last().expect("NAL units");
+    let recorded = recorded_through(&rec, last, Duration::from_secs(30));
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let got: Vec<&[u8]> = annex_b_nal_units(&recorded).collect();
+    // From a keyframe on (the first, or the next when webrtc-rs dropped
+    // part of the first: see libdatachannel_publishes_over_whip), every
+    // NAL unit as published.
+    let from = want.len() - got.len();
+    assert!(
+        got[..] == want[from..],
+        "the recording is not the published stream's tail"
+    );
+    let (codec, width, height, frames) = decode_with_ffmpeg(&rec);
+    assert_eq!((codec.as_str(), width, height), ("h264", 640, 360));
+    let log = src.log_text();
+    assert!(log.contains("offered video/H264"), "{log}");
+    eprintln!(
+        "H.264 over WHIP (node-datachannel): NAL units {from}..{} of {} byte for byte at a \
+         member, {frames} pictures decoded by ffprobe",
+        want.len(),
+        want.len()
     );
 }
