@@ -193,7 +193,38 @@ fn gstreamer_webrtcbin_plays_over_whep() {
     if gstreamer_or_skip("GStreamer WHEP player").is_none() {
         return;
     }
-    let s = Scratch::new("whep-gst");
+    plays_below_a_relay("GStreamer webrtcbin", |whep| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(dir.join("gst_whep.py"))
+            .arg(whep)
+            .args(["--host", "127.0.0.1"]);
+        cmd
+    });
+}
+
+#[test]
+fn libdatachannel_plays_over_whep() {
+    let Some(dir) = node_drivers_or_skip("libdatachannel WHEP player") else {
+        return;
+    };
+    plays_below_a_relay("node-datachannel", |whep| {
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("whep_play.mjs"))
+            .arg(whep)
+            .args(["--stack", "ndc"]);
+        cmd
+    });
+}
+
+/// The player `player(whep)` makes (its --seconds, --rtp-out and
+/// --messages added here) below a relay: frames byte for byte and 200
+/// messages in order, then DELETE.
+fn plays_below_a_relay(name: &str, player: impl Fn(&str) -> Command) {
+    let slug: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let s = Scratch::new(&format!("whep-{slug}"));
     let (_sig, url) = signal_server(&s, &[]);
     let video = sample("testsrc-640x360-vp8.ivf");
     let (mut src, tree) = looping_source(&s, &url, &video);
@@ -209,16 +240,14 @@ fn gstreamer_webrtcbin_plays_over_whep() {
     until("media at the relay", Duration::from_secs(10), || {
         log_has(&relay, "media from the parent")
     });
-    let rtp = s.path("gst.rtp");
-    let messages = s.path("gst.messages");
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg(dir.join("gst_whep.py"))
-        .arg(&whep)
-        .args(["--seconds", "8", "--host", "127.0.0.1", "--rtp-out"])
+    let rtp = s.path("player.rtp");
+    let messages = s.path("player.messages");
+    let mut cmd = player(&whep);
+    cmd.args(["--seconds", "8", "--rtp-out"])
         .arg(&rtp)
         .arg("--messages")
         .arg(&messages);
-    let p = Proc::spawn_command(&s, "gstreamer", cmd, false);
+    let p = Proc::spawn_command(&s, "player", cmd, false);
     assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
     p.line("channel-open", Duration::from_secs(20));
     let sent = send_numbered(src.stdin.as_mut().expect("source stdin"), 200);
@@ -229,17 +258,14 @@ fn gstreamer_webrtcbin_plays_over_whep() {
         .into_iter()
         .filter(|m| m.starts_with("msg-"))
         .collect();
-    assert_eq!(
-        got, sent,
-        "GStreamer player: messages complete and in order"
-    );
-    let frames = vp8_frames_of(&s, &packets_written(&rtp), "gst.ivf");
+    assert_eq!(got, sent, "{name}: messages complete and in order");
+    let frames = vp8_frames_of(&s, &packets_written(&rtp), "player.ivf");
     let file = VideoFile::open(&video).expect("sample parses");
-    let start = assert_run_of_file(&frames, file.frames(), "GStreamer WHEP player");
+    let start = assert_run_of_file(&frames, file.frames(), name);
     assert!(frames.len() >= 150, "{} frames in 8 s", frames.len());
     eprintln!(
-        "WHEP player (GStreamer webrtcbin) below a relay: {} frames byte for byte from file frame \
-         {start}, first packet {} ms after it started, {} of {} messages in order, DELETE 200",
+        "WHEP player ({name}) below a relay: {} frames byte for byte from file frame {start}, \
+         first packet {} ms after it started, {} of {} messages in order, DELETE 200",
         frames.len(),
         summary["first_packet_ms"],
         got.len(),

@@ -388,7 +388,9 @@ function openNdcLink(peer) {
     bindAddress: hostAddrs[0],
     enableIceTcp: false,
   });
-  const l = { peer, pc, queue: Promise.resolve(), early: [], ndc: true };
+  // `held`: node-datachannel closes a track or channel whose wrapper the
+  // garbage collector takes, so the link keeps them.
+  const l = { peer, pc, queue: Promise.resolve(), early: [], ndc: true, held: [] };
   pc.onLocalDescription((sdp, type) => {
     if (link === l) signal(peer, { sdp: { type: type.toLowerCase(), sdp } });
   });
@@ -397,6 +399,7 @@ function openNdcLink(peer) {
   });
   pc.onStateChange((s) => log(`connection ${s}`));
   pc.onTrack((track) => {
+    l.held.push(track);
     log(`track ${track.mid()}`);
     track.onMessage((buf) => {
       // RTCP (RFC 5761: packet types 192-223 where RTP has its marker and type).
@@ -405,6 +408,7 @@ function openNdcLink(peer) {
     });
   });
   pc.onDataChannel((dc) => {
+    l.held.push(dc);
     const label = dc.getLabel();
     if (dc.isOpen()) channelOpened(label);
     dc.onOpen(() => channelOpened(label));
