@@ -13,7 +13,8 @@
 // Before it, when the first data channel opens, it prints the line
 // `channel-open`, so a test knows when messages sent now will be received.
 //
-// With `--create` (TREE_ID is then `-`) it is the tree's source instead: it
+// With `--create` (TREE_ID is then `-`) it is the tree's source instead (on
+// either stack): it
 // creates the tree and prints `tree: ID` and `rtp-port: P`, offers each
 // child a VP8 track fed with the RTP it receives on that UDP port (from
 // ffmpeg, say) and a data channel `data`, on which it sends --send N
@@ -108,7 +109,6 @@ function parseArgs(argv) {
   if (!Number.isInteger(opts.k) || opts.k < 0) throw new Error('--k must be a non-negative integer');
   if (!['video', 'audio', 'all'].includes(opts.kind)) throw new Error('--kind must be video, audio or all');
   if (!['werift', 'ndc'].includes(opts.stack)) throw new Error('--stack must be werift or ndc');
-  if (opts.stack === 'ndc' && opts.create) throw new Error('--create is werift only');
   return opts;
 }
 
@@ -242,10 +242,13 @@ ws.on('message', (raw, isBinary) => {
       createdTree = msg.tree;
       announce();
       break;
-    case 'child-gone':
-      children.get(msg.peer)?.pc.close().catch(() => {});
+    case 'child-gone': {
+      const c = children.get(msg.peer);
+      if (c?.ndc) c.pc.close();
+      else c?.pc.close().catch(() => {});
       children.delete(msg.peer);
       break;
+    }
     case 'joined':
       log(`joined tree at depth ${msg.depth}, parent ${msg.parent}`);
       setParent(msg.parent);
@@ -460,7 +463,6 @@ function announce() {
   if (createdTree === null || rtpPort === null) return;
   process.stdout.write(`tree: ${createdTree}\nrtp-port: ${rtpPort}\n`);
 }
-const channels = []; // every child's `data` channel
 let sent = 0;
 
 if (opts.create) {
@@ -469,7 +471,7 @@ if (opts.create) {
   const udp = dgram.createSocket('udp4');
   udp.on('message', (msg) => {
     stats.rtp_in++;
-    for (const c of children.values()) c.track.writeRtp(msg);
+    for (const c of children.values()) c.writeRtp(msg);
   });
   await new Promise((resolve) => udp.bind(0, '127.0.0.1', resolve));
   rtpPort = udp.address().port;
@@ -477,15 +479,20 @@ if (opts.create) {
   const sendNext = () => {
     if (sent >= opts.send) return;
     const text = `${opts.prefix}-${String(sent).padStart(4, '0')}`;
-    for (const dc of channels) if (dc.readyState === 'open') dc.send(text);
+    for (const c of children.values()) c.send(text);
     stats.sent = ++sent;
     setTimeout(sendNext, 2);
   };
   if (opts.send > 0) setTimeout(sendNext, Math.max(0, opts.sendAt - ms()));
 }
 
-async function openChild(peer) {
+function openChild(peer) {
   log(`child ${peer}`);
+  if (opts.stack === 'ndc') openNdcChild(peer);
+  else openWeriftChild(peer);
+}
+
+async function openWeriftChild(peer) {
   const pc = new RTCPeerConnection({
     iceServers: iceServers.map((s) => ({
       urls: Array.isArray(s.urls) ? s.urls[0] : s.urls,
@@ -499,8 +506,14 @@ async function openChild(peer) {
   const track = new MediaStreamTrack({ kind: 'video' });
   pc.addTransceiver(track, { direction: 'sendonly' });
   const dc = pc.createDataChannel('data');
-  channels.push(dc);
-  const c = { peer, pc, track, queue: Promise.resolve(), early: [] };
+  const c = {
+    peer,
+    pc,
+    queue: Promise.resolve(),
+    early: [],
+    writeRtp: (buf) => track.writeRtp(buf),
+    send: (text) => dc.readyState === 'open' && dc.send(text),
+  };
   children.set(peer, c);
   pc.onIceCandidate.subscribe((cand) => signal(peer, { candidate: cand ? cand.toJSON() : null }));
   pc.connectionStateChange.subscribe((s) => log(`child ${peer}: connection ${s}`));
@@ -508,7 +521,57 @@ async function openChild(peer) {
   signal(peer, { sdp: { type: 'offer', sdp: pc.localDescription.sdp } });
 }
 
+// The same source on node-datachannel: it offers by itself once it has a
+// track and a channel, and sends the RTP it is given as it is.
+function openNdcChild(peer) {
+  const pc = new nodeDataChannel.PeerConnection(`source-${peer}`, {
+    iceServers: iceServers.flatMap((s) => (Array.isArray(s.urls) ? s.urls : [s.urls])),
+    bindAddress: hostAddrs[0],
+    enableIceTcp: false,
+  });
+  const ssrc = 0x5eed0002;
+  const video = new nodeDataChannel.Video('0', 'SendOnly');
+  video.addVP8Codec(96);
+  video.addSSRC(ssrc, 'video', 'stream', 'video');
+  const track = pc.addTrack(video);
+  const dc = pc.createDataChannel('data');
+  const c = {
+    peer,
+    pc,
+    ndc: true,
+    queue: Promise.resolve(),
+    early: [],
+    // As announced: libdatachannel sends the bytes it is given.
+    writeRtp(buf) {
+      if (!track.isOpen()) return;
+      const p = Buffer.from(buf);
+      p.writeUInt32BE(ssrc, 8);
+      p[1] = (p[1] & 0x80) | 96;
+      track.sendMessageBinary(p);
+    },
+    send: (text) => dc.isOpen() && dc.sendMessage(text),
+    held: [video, track, dc],
+  };
+  children.set(peer, c);
+  pc.onStateChange((s) => log(`child ${peer}: connection ${s}`));
+  pc.onLocalDescription((sdp, type) => signal(peer, { sdp: { type: type.toLowerCase(), sdp } }));
+  pc.onLocalCandidate((candidate, mid) =>
+    signal(peer, { candidate: { candidate, sdpMid: mid, sdpMLineIndex: 0 } }),
+  );
+  pc.setLocalDescription();
+}
+
 function onChildSignal(c, data) {
+  if (c.ndc) {
+    if (data.sdp?.type === 'answer') {
+      c.pc.setRemoteDescription(data.sdp.sdp, 'answer');
+      for (const cand of c.early.splice(0)) c.pc.addRemoteCandidate(cand.candidate, cand.sdpMid ?? '0');
+    } else if (data.candidate) {
+      if (!c.pc.remoteDescription()) c.early.push(data.candidate);
+      else c.pc.addRemoteCandidate(data.candidate.candidate, data.candidate.sdpMid ?? '0');
+    }
+    return;
+  }
   c.queue = c.queue
     .then(async () => {
       if (data.sdp?.type === 'answer') {
