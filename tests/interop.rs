@@ -25,20 +25,47 @@ use relay::source::VideoFile;
 
 #[test]
 fn werift_leaf_below_a_relay_gets_every_frame_and_message() {
-    leaf_below_a_relay("werift");
+    node_leaf_below_a_relay("werift");
 }
 
 #[test]
 fn libdatachannel_leaf_below_a_relay_gets_every_frame_and_message() {
-    leaf_below_a_relay("ndc");
+    node_leaf_below_a_relay("ndc");
 }
 
-/// `stack`'s leaf (leaf.mjs --stack) below a relay: frames byte for byte
-/// and 200 messages in order.
-fn leaf_below_a_relay(stack: &str) {
+#[test]
+fn gstreamer_leaf_below_a_relay_gets_every_frame_and_message() {
+    let Some(dir) = node_drivers_or_skip("GStreamer leaf") else {
+        return;
+    };
+    if gstreamer_or_skip("GStreamer leaf").is_none() {
+        return;
+    }
+    leaf_below_a_relay("gstreamer", |url, tree| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(dir.join("gst_leaf.py"))
+            .args([url, tree, "--host", "127.0.0.1"]);
+        cmd
+    });
+}
+
+/// leaf.mjs on `stack` below a relay.
+fn node_leaf_below_a_relay(stack: &str) {
     let Some(dir) = node_drivers_or_skip(&format!("{stack} leaf")) else {
         return;
     };
+    leaf_below_a_relay(stack, |url, tree| {
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("leaf.mjs"))
+            .args([url, tree, "--stack", stack]);
+        cmd
+    });
+}
+
+/// The leaf `leaf(url, tree)` makes (its --seconds, --rtp-out and
+/// --messages added here) below a relay: frames byte for byte and 200
+/// messages in order.
+fn leaf_below_a_relay(stack: &str, leaf: impl Fn(&str, &str) -> Command) {
     let s = Scratch::new(&format!("interop-{stack}"));
     let (_sig, url) = signal_server(&s, &[]);
     let video = sample("testsrc-640x360-vp8.ivf");
@@ -53,13 +80,12 @@ fn leaf_below_a_relay(stack: &str) {
     );
     let rtp = s.path("leaf.rtp");
     let messages = s.path("leaf.messages");
-    let mut node = Command::new("node");
-    node.arg(dir.join("leaf.mjs"))
-        .args([&url, &tree, "--stack", stack, "--seconds", "8", "--rtp-out"])
+    let mut cmd = leaf(&url, &tree);
+    cmd.args(["--seconds", "8", "--rtp-out"])
         .arg(&rtp)
         .arg("--messages")
         .arg(&messages);
-    let leaf = Proc::spawn_command(&s, &format!("{stack}-leaf"), node, false);
+    let leaf = Proc::spawn_command(&s, &format!("{stack}-leaf"), cmd, false);
     leaf.line("channel-open", Duration::from_secs(20));
     let sent = send_numbered(src.stdin.as_mut().expect("source stdin"), 200);
     let summary = leaf.line("{", Duration::from_secs(30));

@@ -828,7 +828,7 @@ pub(crate) fn http(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8
 /// Debian's python3 with GStreamer's webrtcbin, or None (with the reason
 /// printed) where it is missing and the run does not require it.
 pub(crate) fn gstreamer_or_skip(test: &str) -> Option<()> {
-    let probe = "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); \
+    let probe = "import websocket, gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); \
         gi.require_version('Nice', '0.1'); from gi.repository import Gst, GstWebRTC, Nice; \
         Gst.init(None); \
         assert all(Gst.ElementFactory.find(e) for e in ('webrtcbin', 'ivfparse', 'rtpvp8pay', 'nicesrc'))";

@@ -117,14 +117,18 @@ class Session:
         # offer, which would otherwise leave the data section out. The offer
         # is made once, from the main loop: webrtcbin's on-negotiation-needed
         # fires before its caps are known and again for the channel.
-        self.channel = self.wb.emit("create-data-channel", self.channel_label, None)
-        if self.channel is None:
-            log("webrtcbin made no data channel (no SCTP elements?)")
-        else:
-            self.channel.connect("on-open", self.on_channel_open)
-        GLib.timeout_add(200, self.make_offer)
+        if self.channel_label:
+            self.channel = self.wb.emit("create-data-channel", self.channel_label, None)
+            if self.channel is None:
+                log("webrtcbin made no data channel (no SCTP elements?)")
+            else:
+                self.channel.connect("on-open", self.on_channel_open)
+        self.start()
         self.loop.run()
         self.pipe.set_state(Gst.State.NULL)
+
+    def start(self):
+        GLib.timeout_add(200, self.make_offer)
 
     def make_offer(self):
         promise = Gst.Promise.new()
@@ -244,6 +248,65 @@ class Publisher(Session):
             log("end of file")
             GLib.timeout_add(int(self.opts.linger * 1000), self.finish)
         return Gst.PadProbeReturn.OK
+
+
+class Capture:
+    """What a receiving webrtcbin session keeps: every RTP packet of its
+    tracks and every text message of the channels the other end opens,
+    written out at the end (--rtp-out, --messages) in tests/interop's
+    formats."""
+
+    def capture(self):
+        self.rtp = []
+        self.received = []
+        self.held = []
+        self.summary.update({"packets": 0, "messages": 0, "first_packet_ms": None})
+        self.wb.connect("pad-added", self.on_pad)
+        self.wb.connect("on-data-channel", self.on_data_channel)
+
+    def on_pad(self, _wb, pad):
+        if pad.direction != Gst.PadDirection.SRC:
+            return
+        sink = Gst.ElementFactory.make("appsink")
+        sink.set_property("emit-signals", True)
+        sink.set_property("sync", False)
+        sink.connect("new-sample", self.on_sample)
+        self.pipe.add(sink)
+        sink.sync_state_with_parent()
+        pad.link(sink.get_static_pad("sink"))
+
+    def on_sample(self, sink):
+        buf = sink.emit("pull-sample").get_buffer()
+        ok, info = buf.map(Gst.MapFlags.READ)
+        if ok:
+            data = bytes(info.data)
+            buf.unmap(info)
+            self.rtp.append(len(data).to_bytes(2, "big") + data)
+            self.summary["packets"] += 1
+            if self.summary["first_packet_ms"] is None:
+                self.summary["first_packet_ms"] = ms()
+        return Gst.FlowReturn.OK
+
+    def on_data_channel(self, _wb, channel):
+        self.held.append(channel)
+        label = channel.get_property("label")
+        channel.connect("on-open", self.on_channel_open)
+        channel.connect("on-message-string", lambda _c, text: self.on_text(label, text))
+        if channel.get_property("ready-state") == GstWebRTC.WebRTCDataChannelState.OPEN:
+            GLib.idle_add(self.channel_opened)
+
+    def on_text(self, label, text):
+        GLib.idle_add(self.channel_opened)
+        self.received.append({"channel": label, "binary": False, "data": text})
+        self.summary["messages"] += 1
+
+    def finished_hook(self):
+        if self.opts.rtp_out:
+            with open(self.opts.rtp_out, "wb") as f:
+                f.write(b"".join(self.rtp))
+        if self.opts.messages:
+            with open(self.opts.messages, "w") as f:
+                f.writelines(json.dumps(m) + "\n" for m in self.received)
 
 
 def check_elements(*names):
