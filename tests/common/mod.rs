@@ -842,7 +842,7 @@ pub(crate) fn gstreamer_or_skip(test: &str) -> Option<()> {
     let what = format!(
         "{test}: needs GStreamer's webrtcbin for /usr/bin/python3 (apt-get install python3-gst-1.0 \
          gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-plugins-good \
-         gstreamer1.0-plugins-bad gstreamer1.0-nice)"
+         gstreamer1.0-plugins-bad gstreamer1.0-nice python3-websocket)"
     );
     assert!(
         std::env::var_os("PEER_TREE_REQUIRE_BROWSER").is_none(),
