@@ -112,6 +112,11 @@ class Session:
         bus.connect("message", self.on_message)
 
     def run(self):
+        self.run_started()
+        self.loop.run()
+        self.pipe.set_state(Gst.State.NULL)
+
+    def run_started(self):
         self.pipe.set_state(Gst.State.PLAYING)
         # After PLAYING (webrtcbin has no transport before) and before the
         # offer, which would otherwise leave the data section out. The offer
@@ -124,8 +129,6 @@ class Session:
             else:
                 self.channel.connect("on-open", self.on_channel_open)
         self.start()
-        self.loop.run()
-        self.pipe.set_state(Gst.State.NULL)
 
     def start(self):
         GLib.timeout_add(200, self.make_offer)
