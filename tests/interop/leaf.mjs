@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // A werift (pure TypeScript WebRTC) member of a peer-tree-relay tree, for
 // interop tests; with `--stack ndc` the leaf is node-datachannel
-// (libdatachannel) instead. It joins a tree as a leaf (k 0) by the signalling protocol
+// (libdatachannel) instead, with `--stack wrtc` @roamhq/wrtc (libwebrtc,
+// Chromium's stack), which gives decoded pictures rather than RTP: with
+// --frames-out FILE it writes, per picture, `WIDTHxHEIGHT MD5` of its I420
+// planes. It joins a tree as a leaf (k 0) by the signalling protocol
 // (signalling/PROTOCOL.md, version 1), answers every offer its parent sends
 // (the parent always offers, rule 1), trickles its candidates in the
 // browser's forms, counts the RTP packets of the video track(s) and records
@@ -40,6 +43,8 @@
 import dgram from 'node:dgram';
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import { createHash } from 'node:crypto';
+import wrtc from '@roamhq/wrtc';
 import nodeDataChannel from 'node-datachannel';
 import WebSocket from 'ws';
 import {
@@ -75,6 +80,7 @@ function parseArgs(argv) {
     sendAt: 0,
     prefix: 'werift',
     stack: 'werift',
+    framesOut: null,
   };
   const pos = [];
   for (let i = 0; i < argv.length; i++) {
@@ -92,6 +98,7 @@ function parseArgs(argv) {
     else if (a === '--host') opts.hosts.push(val());
     else if (a === '--create') opts.create = true;
     else if (a === '--stack') opts.stack = val();
+    else if (a === '--frames-out') opts.framesOut = val();
     else if (a === '--send') opts.send = Number(val());
     else if (a === '--send-at') opts.sendAt = Number(val());
     else if (a === '--prefix') opts.prefix = val();
@@ -108,7 +115,8 @@ function parseArgs(argv) {
   if (!(opts.seconds > 0)) throw new Error('--seconds must be positive');
   if (!Number.isInteger(opts.k) || opts.k < 0) throw new Error('--k must be a non-negative integer');
   if (!['video', 'audio', 'all'].includes(opts.kind)) throw new Error('--kind must be video, audio or all');
-  if (!['werift', 'ndc'].includes(opts.stack)) throw new Error('--stack must be werift or ndc');
+  if (!['werift', 'ndc', 'wrtc'].includes(opts.stack)) throw new Error('--stack must be werift, ndc or wrtc');
+  if (opts.stack === 'wrtc' && opts.create) throw new Error('--create is werift or ndc');
   return opts;
 }
 
@@ -164,6 +172,13 @@ function finish(code = exitCode) {
       writeFileSync(opts.rtpOut, Buffer.concat(rtpOut));
     } catch (err) {
       log(`cannot write ${opts.rtpOut}: ${err.message}`);
+    }
+  }
+  if (opts.framesOut) {
+    try {
+      writeFileSync(opts.framesOut, framesOut.map((f) => f + '\n').join(''));
+    } catch (err) {
+      log(`cannot write ${opts.framesOut}: ${err.message}`);
     }
   }
   if (opts.messages) {
@@ -297,7 +312,9 @@ function onSignal(from, data) {
     earlySignals.push({ from, data });
     return;
   }
-  if (!link || link.peer !== from) link = opts.stack === 'ndc' ? openNdcLink(from) : openLink(from);
+  if (!link || link.peer !== from) {
+    link = { ndc: openNdcLink, wrtc: openWrtcLink }[opts.stack]?.(from) ?? openLink(from);
+  }
   const l = link;
   l.queue = l.queue
     .then(() => (link === l ? apply(l, data) : undefined))
@@ -381,6 +398,41 @@ function gotMessage(label, data) {
     data: binary ? Buffer.from(data).toString('base64') : data,
   });
   vlog(`message on ${label}: ${binary ? `${data.length} bytes` : JSON.stringify(data).slice(0, 120)}`);
+}
+
+// The same leaf on @roamhq/wrtc: the browser's API, so `apply` below serves
+// it as it serves werift; pictures come decoded.
+const framesOut = [];
+function openWrtcLink(peer) {
+  const pc = new wrtc.RTCPeerConnection({
+    iceServers: iceServers.map((s) => ({ urls: s.urls, username: s.username, credential: s.credential })),
+  });
+  const l = { peer, pc, queue: Promise.resolve(), early: [], held: [] };
+  pc.onicecandidate = (e) => {
+    if (link === l) signal(peer, { candidate: e.candidate ? e.candidate.toJSON() : null });
+  };
+  pc.onconnectionstatechange = () => log(`connection ${pc.connectionState}`);
+  pc.ontrack = (e) => {
+    log(`track ${e.track.kind}`);
+    if (e.track.kind !== 'video') return;
+    const sink = new wrtc.nonstandard.RTCVideoSink(e.track);
+    l.held.push(sink);
+    sink.onframe = ({ frame }) => {
+      if (link !== l) return;
+      stats.frames = (stats.frames ?? 0) + 1;
+      if (stats.first_frame_ms == null) stats.first_frame_ms = ms();
+      const md5 = createHash('md5').update(frame.data).digest('hex');
+      framesOut.push(`${frame.width}x${frame.height} ${md5}`);
+    };
+  };
+  pc.ondatachannel = (e) => {
+    const dc = e.channel;
+    l.held.push(dc);
+    if (dc.readyState === 'open') channelOpened(dc.label);
+    dc.onopen = () => channelOpened(dc.label);
+    dc.onmessage = (m) => gotMessage(dc.label, typeof m.data === 'string' ? m.data : Buffer.from(m.data));
+  };
+  return l;
 }
 
 // The same leaf on node-datachannel: it answers by itself once the offer is
