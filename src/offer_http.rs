@@ -3,11 +3,16 @@
 //! `PATCH` and `DELETE` on the session URL it returns. Status codes are the
 //! RFC's: 201 with the answer, a Location and an ETag, 204 for trickled
 //! candidates, 200 with this end's new fragment for an ICE restart (a PATCH
-//! with new credentials), 200 for DELETE; 415 for another content type, 400 for a body that is not
-//! SDP, 413 past 64 KiB, 422 for SDP the node cannot take, 401 without the
-//! bearer token, 409 while the session's resource is held (another
-//! publisher; nothing to play yet), 503 when every slot is taken, 404 for
-//! an unknown session.
+//! with new credentials), 200 for DELETE; 415 for another content type,
+//! 400 for a body that is not SDP, 413 past 64 KiB, 422 for SDP the node
+//! cannot take, 401 without the bearer token, 409 while the session's
+//! resource is held (another publisher; nothing to play yet), 503 when
+//! every slot is taken, 404 for an unknown session.
+//!
+//! Sessions are bounded (one publisher; `--whep-max` players) before any
+//! peer connection is made, so a flood of POSTs costs no sockets; the HTTP
+//! connections themselves are not capped per address as the signalling
+//! server's are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
