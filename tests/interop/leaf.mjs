@@ -581,6 +581,14 @@ function openNdcChild(peer) {
     bindAddress: hostAddrs[0],
     enableIceTcp: false,
   });
+  // Handlers first: libdatachannel negotiates on its own thread as soon as
+  // a track or channel is added, and an offer or candidate fired before its
+  // handler is lost.
+  pc.onStateChange((s) => log(`child ${peer}: connection ${s}`));
+  pc.onLocalDescription((sdp, type) => signal(peer, { sdp: { type: type.toLowerCase(), sdp } }));
+  pc.onLocalCandidate((candidate, mid) =>
+    signal(peer, { candidate: { candidate, sdpMid: mid, sdpMLineIndex: 0 } }),
+  );
   const ssrc = 0x5eed0002;
   const video = new nodeDataChannel.Video('0', 'SendOnly');
   video.addVP8Codec(96);
@@ -605,11 +613,6 @@ function openNdcChild(peer) {
     held: [video, track, dc],
   };
   children.set(peer, c);
-  pc.onStateChange((s) => log(`child ${peer}: connection ${s}`));
-  pc.onLocalDescription((sdp, type) => signal(peer, { sdp: { type: type.toLowerCase(), sdp } }));
-  pc.onLocalCandidate((candidate, mid) =>
-    signal(peer, { candidate: { candidate, sdpMid: mid, sdpMLineIndex: 0 } }),
-  );
   pc.setLocalDescription();
 }
 

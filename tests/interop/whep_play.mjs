@@ -155,6 +155,9 @@ function ndc() {
     enableIceTcp: false,
   });
   pc.onStateChange((s) => log(`connection ${s}`));
+  // Before any track or channel: libdatachannel negotiates on its own
+  // thread as soon as one is added.
+  const gathered = new Promise((resolve) => pc.onGatheringStateChange((s) => s === 'complete' && resolve()));
   const video = new nodeDataChannel.Video('0', 'RecvOnly');
   video.addVP8Codec(96);
   video.addH264Codec(102);
@@ -174,7 +177,6 @@ function ndc() {
     dc.onOpen(() => channelOpened());
     dc.onMessage((data) => gotMessage(label, typeof data === 'string' ? data : Buffer.from(data)));
   });
-  const gathered = new Promise((resolve) => pc.onGatheringStateChange((s) => s === 'complete' && resolve()));
   return {
     async offer() {
       pc.setLocalDescription();

@@ -133,6 +133,9 @@ function ndc() {
     enableIceTcp: false,
   });
   pc.onStateChange((s) => onState(s));
+  // Before any track or channel: libdatachannel negotiates on its own
+  // thread as soon as one is added.
+  const gathered = new Promise((resolve) => pc.onGatheringStateChange((s) => s === 'complete' && resolve()));
   const ssrc = 0x5eed0001;
   const video = new nodeDataChannel.Video('0', 'SendOnly');
   if (opts.codec === 'vp8') video.addVP8Codec(96);
@@ -141,7 +144,6 @@ function ndc() {
   const track = pc.addTrack(video);
   const dc = pc.createDataChannel('data');
   dc.onOpen(() => onChannelOpen());
-  const gathered = new Promise((resolve) => pc.onGatheringStateChange((s) => s === 'complete' && resolve()));
   return {
     async offer() {
       pc.setLocalDescription();
