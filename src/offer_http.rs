@@ -206,7 +206,7 @@ async fn offer(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: 
                 h.insert(header::LOCATION, location);
             }
             // Sessions support ICE restarts, so they carry a tag (§4.3.1).
-            if let Ok(tag) = HeaderValue::from_str(&format!("\"{:016x}\"", rand_tag())) {
+            if let Some(tag) = new_tag() {
                 h.insert(header::ETAG, tag);
             }
             cors(h);
@@ -236,7 +236,7 @@ async fn trickle(
             let mut r = (StatusCode::OK, answer).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP_FRAGMENT));
-            if let Ok(tag) = HeaderValue::from_str(&format!("\"{:016x}\"", rand_tag())) {
+            if let Some(tag) = new_tag() {
                 r.headers_mut().insert(header::ETAG, tag);
             }
             r
@@ -247,17 +247,10 @@ async fn trickle(
     r
 }
 
-/// A new entity tag for a restarted session: it only has to differ.
-fn rand_tag() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
+/// A new entity tag (on POST, and for a restarted session): it only has to
+/// differ from the session's earlier ones.
+fn new_tag() -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("\"{:016x}\"", rand::random::<u64>())).ok()
 }
 
 async fn end(

@@ -91,10 +91,7 @@ fn leaf_below_a_relay(stack: &str, leaf: impl Fn(&str, &str) -> Command) {
     let summary = leaf.line("{", Duration::from_secs(30));
     let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary JSON");
 
-    let got: Vec<String> = messages_written(&messages)
-        .into_iter()
-        .filter(|m| m.starts_with("msg-"))
-        .collect();
+    let got = messages_written(&messages, "msg-");
     assert_eq!(got, sent, "{stack} leaf: messages complete and in order");
 
     // Reassembled as a recording relay would, from the first keyframe on.
@@ -292,10 +289,7 @@ fn libwebrtc_leaf_below_a_relay_decodes_the_files_pictures() {
     let sent = send_numbered(src.stdin.as_mut().expect("source stdin"), 200);
     let summary: serde_json::Value =
         serde_json::from_str(&leaf.line("{", Duration::from_secs(30))).expect("summary JSON");
-    let got: Vec<String> = messages_written(&messages)
-        .into_iter()
-        .filter(|m| m.starts_with("msg-"))
-        .collect();
+    let got = messages_written(&messages, "msg-");
     assert_eq!(got, sent, "libwebrtc leaf: messages complete and in order");
 
     let file = VideoFile::open(&video).expect("sample parses");

@@ -126,10 +126,7 @@ fn a_whep_player_below_a_relay_gets_every_frame_and_message() {
     let summary: serde_json::Value =
         serde_json::from_str(&p.line("{", Duration::from_secs(30))).expect("summary JSON");
     assert_eq!(summary["delete_status"], 200, "{summary}");
-    let got: Vec<String> = messages_written(&messages)
-        .into_iter()
-        .filter(|m| m.starts_with("msg-"))
-        .collect();
+    let got = messages_written(&messages, "msg-");
     assert_eq!(got, sent, "WHEP player: messages complete and in order");
     let packets = packets_written(&rtp);
     let frames = vp8_frames_of(&s, &packets, "player.ivf");
@@ -254,10 +251,7 @@ fn plays_below_a_relay(name: &str, player: impl Fn(&str) -> Command) {
     let summary: serde_json::Value =
         serde_json::from_str(&p.line("{", Duration::from_secs(30))).expect("summary JSON");
     assert_eq!(summary["delete_status"], 200, "{summary}");
-    let got: Vec<String> = messages_written(&messages)
-        .into_iter()
-        .filter(|m| m.starts_with("msg-"))
-        .collect();
+    let got = messages_written(&messages, "msg-");
     assert_eq!(got, sent, "{name}: messages complete and in order");
     let frames = vp8_frames_of(&s, &packets_written(&rtp), "player.ivf");
     let file = VideoFile::open(&video).expect("sample parses");

@@ -48,17 +48,21 @@ pub struct Downstream {
 }
 
 impl Downstream {
-    /// Mirrors the hub onto a new connection to `link`'s child and offers.
-    pub async fn open(link: Arc<Link>, hub: &Hub) -> Result<Downstream, RelayError> {
-        let mut d = Downstream {
+    fn empty(link: Arc<Link>, answering: bool) -> Downstream {
+        Downstream {
             link,
             connected: Arc::default(),
             tracks: Vec::new(),
             channels: Vec::new(),
             sctp_negotiated: false,
-            answering: false,
+            answering,
             tasks: Vec::new(),
-        };
+        }
+    }
+
+    /// Mirrors the hub onto a new connection to `link`'s child and offers.
+    pub async fn open(link: Arc<Link>, hub: &Hub) -> Result<Downstream, RelayError> {
+        let mut d = Downstream::empty(link, false);
         d.sync(hub).await?;
         Ok(d)
     }
@@ -68,15 +72,7 @@ impl Downstream {
     /// has a data section: an answer cannot add one. What the hub gains
     /// later does not reach this end (it would need an offer from here).
     pub async fn answering(link: Arc<Link>, hub: &Hub) -> Result<Downstream, RelayError> {
-        let mut d = Downstream {
-            link,
-            connected: Arc::default(),
-            tracks: Vec::new(),
-            channels: Vec::new(),
-            sctp_negotiated: false,
-            answering: true,
-            tasks: Vec::new(),
-        };
+        let mut d = Downstream::empty(link, true);
         for t in hub.tracks() {
             d.add_track(hub, t).await?;
         }

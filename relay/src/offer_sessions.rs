@@ -33,6 +33,17 @@ pub enum SessionError {
     Failed(#[from] RelayError),
 }
 
+impl SessionError {
+    /// What setting up a session from an offer failed with: the stack's
+    /// refusal of the offer is the offer's fault (422), anything else ours.
+    pub fn from_offer(e: RelayError) -> SessionError {
+        match e {
+            RelayError::Webrtc(e) => SessionError::Unusable(format!("the offer: {e}")),
+            e => SessionError::Failed(e),
+        }
+    }
+}
+
 /// Sessions set up by one offer each.
 #[async_trait::async_trait]
 pub trait OfferSessions: Send + Sync {

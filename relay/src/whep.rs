@@ -96,10 +96,7 @@ impl OfferSessions for WhepEgress {
             Ok(a) => a,
             Err(e) => {
                 link.close().await;
-                return Err(match e {
-                    RelayError::Webrtc(e) => SessionError::Unusable(format!("the offer: {e}")),
-                    e => SessionError::Failed(e),
-                });
+                return Err(SessionError::from_offer(e));
             }
         };
         // A section the offer had no codec of is answered with port 0.

@@ -27,7 +27,6 @@ use crate::offer_sessions::{LiveSession, OfferSessions, Patch, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::rtp_sdp;
 use crate::upstream::Upstream;
-use crate::RelayError;
 
 /// The WHIP ingest of one source.
 pub struct WhipIngest {
@@ -86,10 +85,7 @@ impl OfferSessions for WhipIngest {
             Ok(a) => a,
             Err(e) => {
                 link.close().await;
-                return Err(match e {
-                    RelayError::Webrtc(e) => SessionError::Unusable(format!("the offer: {e}")),
-                    e => SessionError::Failed(e),
-                });
+                return Err(SessionError::from_offer(e));
             }
         };
         let hub = self.hub.clone();

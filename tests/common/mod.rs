@@ -761,8 +761,10 @@ pub(crate) fn packets_written(path: &std::path::Path) -> Vec<rtc::rtp::packet::P
     packets
 }
 
-/// The texts of the messages a node driver's `--messages` wrote, in arrival order.
-pub(crate) fn messages_written(path: &std::path::Path) -> Vec<String> {
+/// The texts starting with `prefix` of the messages a node driver's
+/// `--messages` wrote, in arrival order (as `data_lines` reads a relay's
+/// `--data-out`).
+pub(crate) fn messages_written(path: &std::path::Path, prefix: &str) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .map(|l| {
@@ -778,6 +780,7 @@ pub(crate) fn messages_written(path: &std::path::Path) -> Vec<String> {
                 data
             }
         })
+        .filter(|m| m.starts_with(prefix))
         .collect()
 }
 
