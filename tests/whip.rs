@@ -50,43 +50,42 @@ fn publisher(s: &Scratch, dir: &Path, name: &str, url: &str, extra: &[&str]) -> 
     Proc::spawn_command(s, name, cmd, false)
 }
 
-/// The UDP port a publisher forwards RTP from.
+/// The UDP port a publisher forwards video RTP from.
 fn rtp_port(p: &Proc) -> std::net::SocketAddr {
-    let line = p.line("rtp-port:", Duration::from_secs(20));
-    let port: u16 = line["rtp-port:".len()..].trim().parse().expect("a port");
+    port_line(p, "rtp-port:")
+}
+
+/// The loopback UDP port a driver printed after `what`.
+fn port_line(p: &Proc, what: &str) -> std::net::SocketAddr {
+    let line = p.line(what, Duration::from_secs(20));
+    let port: u16 = line[what.len()..].trim().parse().expect("a port");
     ([127, 0, 0, 1], port).into()
 }
 
-/// A second VP8 stream, 3 s of ffmpeg's testsrc2 with a keyframe every
-/// second, as a publisher that comes back sends new pictures.
-fn encode_vp8(s: &Scratch) -> std::path::PathBuf {
-    let out = s.path("other.ivf");
+/// `seconds` of ffmpeg's testsrc2 at 320x240, 30 frames/s, with a keyframe
+/// every second, encoded by `encoder` (ffmpeg's options for it) into the
+/// IVF file `name`.
+fn encode_testsrc(s: &Scratch, name: &str, seconds: u32, encoder: &[&str]) -> std::path::PathBuf {
+    let out = s.path(name);
     let status = Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-t",
-            "3",
-            "-c:v",
-            "libvpx",
-            "-b:v",
-            "300k",
-            "-g",
-            "30",
-            "-deadline",
-            "realtime",
-        ])
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args(["testsrc2=size=320x240:rate=30", "-t", &seconds.to_string()])
+        .args(encoder)
+        .args(["-g", "30"])
         .arg(&out)
         .status()
         .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg could not encode VP8 with libvpx");
+    assert!(
+        status.success(),
+        "ffmpeg could not encode {name} with {encoder:?}"
+    );
     out
+}
+
+/// A second VP8 stream, as a publisher that comes back sends new pictures.
+fn encode_vp8(s: &Scratch) -> std::path::PathBuf {
+    let vp8 = ["-c:v", "libvpx", "-b:v", "300k", "-deadline", "realtime"];
+    encode_testsrc(s, "other.ivf", 3, &vp8)
 }
 
 /// The summary a publisher prints last.
@@ -512,5 +511,126 @@ fn h264_over_whip_reaches_a_member_nal_for_nal() {
          member, {frames} pictures decoded by ffprobe",
         want.len(),
         want.len()
+    );
+}
+
+/// VP9 and Opus over WHIP: werift publishing both, ffmpeg's RTP of the
+/// VP9 sample and of the Ogg Opus sample behind it. A recording member
+/// gets the VP9 frames and a werift member the Opus packets, each byte for
+/// byte from the first.
+#[test]
+fn vp9_and_opus_over_whip_reach_members_byte_for_byte() {
+    let Some(dir) = node_drivers_or_skip("VP9 and Opus over WHIP") else {
+        return;
+    };
+    if ffmpeg_or_skip("VP9 and Opus over WHIP").is_none() {
+        return;
+    }
+    let s = Scratch::new("whip-vp9-opus");
+    let (_sig, url) = signal_server(&s, &[]);
+    let (src, whip) = whip_source(&s, &url);
+    let p = publisher(
+        &s,
+        &dir,
+        "werift",
+        &whip,
+        &[
+            "--codec",
+            "vp9",
+            "--audio",
+            "--seconds",
+            "16",
+            "--messages",
+            "100",
+            "--messages-at",
+            "3000",
+            "--prefix",
+            "vp9",
+        ],
+    );
+    let rtp = rtp_port(&p);
+    let audio_rtp = port_line(&p, "audio-rtp-port:");
+    assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let Member {
+        proc: _member,
+        rec,
+        data,
+    } = recording_member(&s, &url, &tree);
+    let heard = s.path("audio.rtp");
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("leaf.mjs"))
+        .args([
+            &url,
+            &tree,
+            "--kind",
+            "audio",
+            "--seconds",
+            "14",
+            "--rtp-out",
+        ])
+        .arg(&heard);
+    let listener = Proc::spawn_command(&s, "werift-listener", cmd, false);
+    listener.line("channel-open", Duration::from_secs(20));
+    p.line("ready", Duration::from_secs(20));
+
+    let vp9 = [
+        "-c:v",
+        "libvpx-vp9",
+        "-b:v",
+        "300k",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+    ];
+    let video = encode_testsrc(&s, "vp9.ivf", 10, &vp9);
+    let sound = sample("sine-440hz.ogg");
+    let started = std::time::Instant::now();
+    let mut ff_video = ffmpeg_sends(&s, &video, rtp);
+    let mut ff_audio = ffmpeg_sends(&s, &sound, audio_rtp);
+    let file = VideoFile::open(&video).expect("sample parses");
+    let n = file.frames().len();
+    let first = until("a first frame", Duration::from_secs(20), || {
+        (!ivf_frames(&rec).is_empty()).then(|| started.elapsed())
+    });
+    assert!(
+        ff_video.wait(Duration::from_secs(20)).success(),
+        "ffmpeg (VP9) failed"
+    );
+    assert!(
+        ff_audio.wait(Duration::from_secs(20)).success(),
+        "ffmpeg (Opus) failed"
+    );
+    let frames = recorded_to(&rec, &file.frames()[n - 1].data, Duration::from_secs(20));
+    let start = assert_run_of_file(&frames, file.frames(), "VP9 over WHIP");
+    assert_eq!((start, frames.len()), (0, n), "every VP9 frame of the file");
+    let want: Vec<String> = (0..100).map(|i| format!("vp9-{i:04}")).collect();
+    assert_eq!(
+        messages_at(&data, "vp9-", 100),
+        want,
+        "messages complete and in order"
+    );
+
+    let summary_line = listener.line("{", Duration::from_secs(30));
+    let heard_summary: serde_json::Value = serde_json::from_str(&summary_line).expect("JSON");
+    let ogg = relay::source::AudioFile::open(&sound).expect("sample parses");
+    let packets = packets_written(&heard);
+    let (from, got) = opus_run_of_file(&packets, ogg.packets(), "Opus over WHIP");
+    assert_eq!(
+        (from, got),
+        (0, ogg.packets().len()),
+        "every Opus packet of the file, in order"
+    );
+    let summary = summary(&p, Duration::from_secs(30));
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    eprintln!(
+        "WHIP in (werift, VP9 + Opus, ffmpeg behind it): VP9 frames 0..{n} of {n} byte for byte \
+         at a recording member, the first {} ms after ffmpeg started; Opus packets 0..{got} of \
+         {got} byte for byte at a werift member (its first packet {} ms after it started); 100 \
+         of 100 messages in order; connected {} ms after the publisher started",
+        first.as_millis(),
+        heard_summary["first_packet_ms"],
+        summary["connected_ms"]
     );
 }

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -98,6 +98,46 @@ pub struct PacketLeg {
     pub lagged: Arc<AtomicBool>,
 }
 
+/// How long a new audio track's first packets are kept for legs added
+/// after them, and at most how many (250 ms of 20 ms packets, with room).
+const OPENING: Duration = Duration::from_millis(250);
+const OPENING_PACKETS: usize = 32;
+
+/// A new audio track's first packets. The children already connected when
+/// a track begins (members waiting for a publisher) get their legs a few
+/// milliseconds after its first packet, once the node has added the track
+/// to their connections; video replays its group of pictures to such a
+/// leg (gop.rs), and this is the same for audio, whose every packet stands
+/// alone: the first packets were lost to them without it. A leg added
+/// later starts live, as before.
+#[derive(Debug, Default)]
+struct Opening {
+    began: Option<Instant>,
+    packets: Vec<Queued>,
+}
+
+impl Opening {
+    /// Keeps `q` if the opening still runs; false once it is over.
+    fn record(&mut self, q: &Queued) -> bool {
+        let began = *self.began.get_or_insert(q.at);
+        if q.at.saturating_duration_since(began) > OPENING || self.packets.len() == OPENING_PACKETS
+        {
+            self.packets = Vec::new();
+            return false;
+        }
+        self.packets.push(q.clone());
+        true
+    }
+
+    /// What a leg added at `now` gets first.
+    fn replay(&self, now: Instant) -> &[Queued] {
+        match self.began {
+            Some(began) if now.saturating_duration_since(began) <= OPENING => &self.packets,
+            _ => &[],
+        }
+    }
+}
+
 /// One track of this node and the legs it feeds.
 pub struct TrackHub {
     pub spec: TrackSpec,
@@ -110,6 +150,10 @@ pub struct TrackHub {
     /// from upstream goes out once, while still useful: repair.rs).
     outgoing: Mutex<(Splice, Repairs)>,
     gop: Mutex<GopCache>,
+    /// An audio track's first packets, while it is new (see [`Opening`]).
+    opening: Mutex<Opening>,
+    /// The opening is over: the hot path no longer takes its lock.
+    opened: AtomicBool,
     pub packets_in: AtomicU64,
     /// RTP payload bytes of those packets.
     pub bytes_in: AtomicU64,
@@ -130,12 +174,14 @@ pub enum Forwarded {
 impl TrackHub {
     fn new(spec: TrackSpec) -> Self {
         TrackHub {
+            opened: AtomicBool::new(spec.codec.is_video()),
             spec,
             legs: RwLock::default(),
             upstream: Mutex::default(),
             throttle: KeyframeThrottle::default(),
             outgoing: Mutex::default(),
             gop: Mutex::default(),
+            opening: Mutex::default(),
             packets_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             packets_dropped: AtomicU64::new(0),
@@ -173,17 +219,25 @@ impl TrackHub {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(pkt.as_ref(), self.spec.codec, now);
-        let legs = self
-            .legs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let queued = Queued {
+            packet: pkt.into_owned(),
+            at: now,
+            gap_before,
+        };
+        let legs = if self.opened.load(Ordering::Acquire) {
+            self.current_legs()
+        } else {
+            // Held across reading the legs, as `add_leg` holds it across
+            // adding one: each packet reaches a new leg once, by the
+            // opening or by the fan-out.
+            let mut opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
+            if !opening.record(&queued) {
+                self.opened.store(true, Ordering::Release);
+            }
+            self.current_legs()
+        };
         for leg in legs.iter() {
-            let queued = Queued {
-                packet: pkt.as_ref().clone(),
-                at: now,
-                gap_before,
-            };
+            let queued = queued.clone();
             if leg.tx.try_send(queued).is_err() {
                 self.packets_dropped.fetch_add(1, Ordering::Relaxed);
                 leg.lagged.store(true, Ordering::Relaxed);
@@ -192,7 +246,22 @@ impl TrackHub {
         Forwarded::Sent
     }
 
+    fn current_legs(&self) -> Arc<Vec<PacketLeg>> {
+        self.legs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn add_leg(&self, leg: PacketLeg) {
+        let opening = (!self.opened.load(Ordering::Acquire))
+            .then(|| self.opening.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(opening) = &opening {
+            for q in opening.replay(Instant::now()) {
+                // A fresh queue has room: the opening is far shorter.
+                let _ = leg.tx.try_send(q.clone());
+            }
+        }
         let mut legs = self.legs.write().unwrap_or_else(PoisonError::into_inner);
         let mut next: Vec<PacketLeg> = Vec::with_capacity(legs.len() + 1);
         next.extend(legs.iter().map(PacketLeg::clone_handle));
@@ -433,11 +502,7 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
     match codec {
         Codec::Opus => true,
         Codec::Vp8 => vp8_starts_keyframe(payload),
-        // VP9 payload descriptor (RFC draft): I|P|L|F|B|E|V|Z. B = start of
-        // frame, P = inter-picture predicted; a keyframe starts with B and no P.
-        Codec::Vp9 => payload
-            .first()
-            .is_some_and(|b| b & 0x08 != 0 && b & 0x40 == 0),
+        Codec::Vp9 => crate::media::vp9_payload_starts_keyframe(payload),
         // AV1 aggregation header: Z|Y|W W|N|-|-|-; N marks the first packet of
         // a coded video sequence, which starts with a keyframe.
         Codec::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
@@ -507,6 +572,57 @@ mod tests {
         let audio = hub.track(spec(Codec::Opus, "from-browser"));
         assert!(!Arc::ptr_eq(&first, &audio));
         assert_eq!(hub.tracks().len(), 2);
+    }
+
+    fn audio(seq: u16) -> Packet {
+        let mut p = Packet::default();
+        p.header.sequence_number = seq;
+        p.payload = Bytes::from_static(&[0xf8, 0x01]);
+        p
+    }
+
+    #[test]
+    fn a_leg_added_as_audio_begins_gets_its_first_packets_once() {
+        let (hub, _) = Hub::new();
+        let t = hub.track(TrackSpec::new(Codec::Opus, "s", "a"));
+        for seq in 100..103u16 {
+            t.forward(&audio(seq));
+        }
+        let (tx, mut rx) = mpsc::channel(LEG_QUEUE_PACKETS);
+        t.add_leg(PacketLeg {
+            id: 1,
+            tx,
+            lagged: Arc::default(),
+        });
+        t.forward(&audio(103));
+        let got: Vec<u16> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|q| q.packet.header.sequence_number)
+            .collect();
+        assert_eq!(got, [100, 101, 102, 103]);
+    }
+
+    #[test]
+    fn the_opening_ends_after_its_window_or_its_packets() {
+        let t0 = Instant::now();
+        let q = |ms: u64| Queued {
+            packet: audio(0),
+            at: t0 + Duration::from_millis(ms),
+            gap_before: false,
+        };
+        let mut o = Opening::default();
+        assert!(o.record(&q(0)) && o.record(&q(240)));
+        assert_eq!(o.replay(t0 + Duration::from_millis(249)).len(), 2);
+        // A leg added later starts live.
+        assert!(o.replay(t0 + Duration::from_millis(251)).is_empty());
+        assert!(!o.record(&q(251)));
+        let mut o = Opening::default();
+        assert!((0..OPENING_PACKETS).all(|_| o.record(&q(0))));
+        assert!(!o.record(&q(0)));
+        assert!(o.packets.is_empty());
+        // Video replays its group instead (gop.rs).
+        let (hub, _) = Hub::new();
+        let v = hub.track(TrackSpec::new(Codec::Vp8, "s", "v"));
+        assert!(v.opened.load(Ordering::Relaxed));
     }
 
     #[test]

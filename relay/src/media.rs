@@ -385,6 +385,55 @@ fn vp9_keyframe_rest(r: &mut Bits<'_>, profile: u32) -> Option<(u16, u16)> {
     Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
 }
 
+/// True if this VP9 RTP payload (RFC 9628) starts a keyframe: B set, P
+/// clear, the base spatial layer, and a keyframe's uncompressed header
+/// after the descriptor. The P bit alone is not enough: ffmpeg's
+/// packetizer never sets it, and every picture it sends would pass.
+pub(crate) fn vp9_payload_starts_keyframe(payload: &[u8]) -> bool {
+    vp9_descriptor_len(payload)
+        .and_then(|at| payload.get(at..))
+        .is_some_and(|frame| vp9_keyframe(frame).is_some())
+}
+
+/// The length of the payload descriptor of a packet that could start a
+/// keyframe (B set, P clear, spatial layer 0); None for any other.
+fn vp9_descriptor_len(payload: &[u8]) -> Option<usize> {
+    let &first = payload.first()?;
+    let flag = |bit: u8| first & bit != 0;
+    let (picture_id, predicted, layers, flexible) =
+        (flag(0x80), flag(0x40), flag(0x20), flag(0x10));
+    let (begins, structure) = (flag(0x08), flag(0x02));
+    if !begins || predicted {
+        return None;
+    }
+    let byte = |at: usize| payload.get(at).copied();
+    let mut at = 1;
+    if picture_id {
+        at += if byte(at)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if layers {
+        if (byte(at)? >> 1) & 0x07 != 0 {
+            return None; // an upper spatial layer: predicted from the base
+        }
+        at += if flexible { 1 } else { 2 }; // TL0PICIDX in non-flexible mode
+    }
+    if structure {
+        let ss = byte(at)?;
+        at += 1;
+        if ss & 0x10 != 0 {
+            at += 4 * (usize::from(ss >> 5) + 1); // each layer's width and height
+        }
+        if ss & 0x08 != 0 {
+            let groups = byte(at)?;
+            at += 1;
+            for _ in 0..groups {
+                at += 1 + usize::from((byte(at)? >> 2) & 0x03); // its P_DIFFs
+            }
+        }
+    }
+    Some(at)
+}
+
 /// The NAL units of an Annex B stream (start codes of three or four bytes),
 /// without their start codes. Trailing zero bytes of a NAL unit are part of
 /// the next start code, as the spec's byte stream format says.
@@ -762,6 +811,30 @@ mod tests {
         // show_existing_frame = 1
         assert!(!Codec::Vp9.is_keyframe(&[0x88]));
         assert!(!Codec::Vp9.is_keyframe(&[]));
+    }
+
+    #[test]
+    fn vp9_payload_keyframes() {
+        let key = [0x82, 0x49, 0x83, 0x42, 0x00, 0x27, 0xf0, 0x16, 0x76, 0x08];
+        let with = |descriptor: &[u8], frame: &[u8]| [descriptor, frame].concat();
+        // ffmpeg's descriptor: B only; the header decides.
+        assert!(vp9_payload_starts_keyframe(&with(&[0x08], &key)));
+        assert!(!vp9_payload_starts_keyframe(&with(&[0x08], &[0x86, 0x00])));
+        // Chromium's: I with a 15-bit picture id, L (SID 0, TL0PICIDX), V
+        // with one layer's size and a group of one picture with one P_DIFF.
+        let chromium = [
+            0xaa, 0x80, 0x01, 0x00, 0x07, 0x18, 0x02, 0x80, 0x01, 0x68, 0x01, 0x04, 0x01,
+        ];
+        assert!(vp9_payload_starts_keyframe(&with(&chromium, &key)));
+        // P set, an upper spatial layer, no B, cut short: never.
+        assert!(!vp9_payload_starts_keyframe(&with(&[0x48], &key)));
+        assert!(!vp9_payload_starts_keyframe(&with(
+            &[0x28, 0x02, 0x00],
+            &key
+        )));
+        assert!(!vp9_payload_starts_keyframe(&with(&[0x00], &key)));
+        assert!(!vp9_payload_starts_keyframe(&[0xaa, 0x80]));
+        assert!(!vp9_payload_starts_keyframe(&[]));
     }
 
     #[test]

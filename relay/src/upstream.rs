@@ -92,6 +92,8 @@ impl Upstream {
         }
         // A sender that announced no msid (werift as a WHIP publisher) still
         // gets named tracks: browsers below need a stream to put them in.
+        // (rtc names such a track `<kind>-<mid>` when it declared its SSRC,
+        // vendor/README.md; one that did not arrives with no id at all.)
         let named = |id: String, default: &str| {
             if id.is_empty() {
                 default.to_owned()

@@ -714,15 +714,29 @@ pub(crate) fn ffmpeg_or_skip(test: &str) -> Option<()> {
     None
 }
 
-/// ffmpeg sending an IVF `file` once, in real time, to `to`.
+/// ffmpeg sending `file` (IVF or Ogg Opus) once, in real time, to `to`.
 pub(crate) fn ffmpeg_sends(s: &Scratch, file: &Path, to: SocketAddr) -> Proc {
+    // Each stream its own log and SDP, for tests that send video and audio.
+    let stem = file
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or("stream");
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-nostdin", "-loglevel", "error", "-re", "-i"])
         .arg(file)
-        .args(["-c", "copy", "-f", "rtp", "-sdp_file"])
-        .arg(s.path("ffmpeg.sdp"))
+        // ffmpeg 5.1 calls its VP9 packetizer experimental.
+        .args([
+            "-c",
+            "copy",
+            "-strict",
+            "experimental",
+            "-f",
+            "rtp",
+            "-sdp_file",
+        ])
+        .arg(s.path(&format!("ffmpeg-{stem}.sdp")))
         .arg(format!("rtp://{to}"));
-    Proc::spawn_command(s, "ffmpeg", cmd, false)
+    Proc::spawn_command(s, &format!("ffmpeg-{stem}"), cmd, false)
 }
 
 /// The driver directory, if node and its packages are there.
@@ -906,4 +920,38 @@ pub(crate) fn messages_at(data: &Path, prefix: &str, n: usize) -> Vec<String> {
         let got = data_lines(data, prefix);
         (got.len() >= n).then_some(got)
     })
+}
+
+/// The run of `file`'s Opus packets that `packets` (RTP, as a driver wrote
+/// them, retransmissions and reordering included; a relay's padding-only
+/// primer left out) carry: the index of the first and how many follow it
+/// unbroken, byte for byte. A payload that is not the file's next one
+/// fails.
+pub(crate) fn opus_run_of_file(
+    packets: &[rtc::rtp::packet::Packet],
+    file: &[relay::source::Frame],
+    what: &str,
+) -> (usize, usize) {
+    let mut by_seq: Vec<&rtc::rtp::packet::Packet> =
+        packets.iter().filter(|p| !p.payload.is_empty()).collect();
+    // In order from the first to arrive: sequence numbers wrap at 2^16.
+    let base = by_seq.first().map_or(0, |p| p.header.sequence_number);
+    by_seq.sort_by_key(|p| p.header.sequence_number.wrapping_sub(base) as i16);
+    by_seq.dedup_by_key(|p| p.header.sequence_number);
+    let first = by_seq
+        .first()
+        .unwrap_or_else(|| panic!("{what}: no audio packet"));
+    let from = file
+        .iter()
+        .position(|f| f.data[..] == first.payload[..])
+        .unwrap_or_else(|| panic!("{what}: the first packet is not one of the file's"));
+    for (i, p) in by_seq.iter().enumerate() {
+        let at = from + i;
+        assert!(
+            at < file.len() && file[at].data[..] == p.payload[..],
+            "{what}: packet {i} (sequence {}) is not file packet {at}",
+            p.header.sequence_number
+        );
+    }
+    (from, by_seq.len())
 }

@@ -443,6 +443,28 @@ pub(crate) fn track_details_from_sdp(s: &SessionDescription) -> Vec<TrackDetails
             }
         }
 
+        // peer-tree-relay patch: a section that announces SSRCs but no msid (werift
+        // does so) left every such track with the id "", and the async
+        // layer keys remote tracks by id: the second section's track was
+        // taken for a simulcast layer of the first and never opened. JSEP
+        // (RFC 9429 §5.10) gives such a track an id of the receiver's own;
+        // this one is unique in the session, as mids are.
+        let unnamed = tracks_in_media_section
+            .iter()
+            .filter(|t| t.track_id.is_empty())
+            .count();
+        for (i, track) in tracks_in_media_section
+            .iter_mut()
+            .filter(|t| t.track_id.is_empty())
+            .enumerate()
+        {
+            track.track_id = if unnamed == 1 {
+                format!("{codec_type}-{mid_value}")
+            } else {
+                format!("{codec_type}-{mid_value}-{i}")
+            };
+        }
+
         incoming_tracks.extend(tracks_in_media_section);
     }
 
