@@ -7,7 +7,8 @@
 //! 400 for a body that is not SDP, 413 past 64 KiB, 422 for SDP the node
 //! cannot take, 401 without the bearer token, 409 while the session's
 //! resource is held (another publisher; nothing to play yet), 503 when
-//! every slot is taken, 404 for an unknown session.
+//! every slot is taken, 404 for an unknown session, 412 for a PATCH whose
+//! `If-Match` is not the session's current entity tag.
 //!
 //! Sessions are bounded (one publisher; `--whep-max` players) before any
 //! peer connection is made, so a flood of POSTs costs no sockets; the HTTP
@@ -165,6 +166,7 @@ fn session_error(protocol: Protocol, e: SessionError) -> Response {
         SessionError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
         SessionError::Unusable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         SessionError::NoSession => StatusCode::NOT_FOUND,
+        SessionError::TagMismatch { .. } => StatusCode::PRECONDITION_FAILED,
         SessionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
@@ -197,16 +199,16 @@ async fn offer(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: 
         );
     }
     match endpoint.sessions.open(&offer).await {
-        Ok((id, answer)) => {
-            let mut r = (StatusCode::CREATED, answer).into_response();
+        Ok(opened) => {
+            let mut r = (StatusCode::CREATED, opened.answer).into_response();
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
-            let location = format!("{}/{id}", endpoint.protocol.path());
+            let location = format!("{}/{}", endpoint.protocol.path(), opened.id);
             if let Ok(location) = HeaderValue::from_str(&location) {
                 h.insert(header::LOCATION, location);
             }
             // Sessions support ICE restarts, so they carry a tag (§4.3.1).
-            if let Some(tag) = new_tag() {
+            if let Ok(tag) = HeaderValue::from_str(&opened.tag) {
                 h.insert(header::ETAG, tag);
             }
             cors(h);
@@ -229,14 +231,17 @@ async fn trickle(
         Ok(f) => f,
         Err(r) => return *r,
     };
-    let mut r = match endpoint.sessions.patch(&id, &fragment).await {
+    // A client that sends none is let through: RFC 9725 asks clients for
+    // it, and a session has one ICE session at a time anyway.
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    let mut r = match endpoint.sessions.patch(&id, &fragment, if_match).await {
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         // An ICE restart: this end's new fragment (RFC 9725 §4.3.3).
-        Ok(Some(answer)) => {
-            let mut r = (StatusCode::OK, answer).into_response();
+        Ok(Some(restarted)) => {
+            let mut r = (StatusCode::OK, restarted.fragment).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP_FRAGMENT));
-            if let Some(tag) = new_tag() {
+            if let Ok(tag) = HeaderValue::from_str(&restarted.tag) {
                 r.headers_mut().insert(header::ETAG, tag);
             }
             r
@@ -245,12 +250,6 @@ async fn trickle(
     };
     cors(r.headers_mut());
     r
-}
-
-/// A new entity tag (on POST, and for a restarted session): it only has to
-/// differ from the session's earlier ones.
-fn new_tag() -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("\"{:016x}\"", rand::random::<u64>())).ok()
 }
 
 async fn end(

@@ -198,6 +198,13 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
         http(&format!("{whip}/0123"), "PATCH", &trickle, fragment),
         404
     );
+    // With the session's entity tag in If-Match (RFC 9725 §4.3.1): 204;
+    // with another one: 412.
+    let etag = endpoint(&a, "etag:");
+    let current = [trickle[0], trickle[1], ("If-Match", etag.as_str())];
+    assert_eq!(http(&location, "PATCH", &current, fragment), 204);
+    let other = [trickle[0], trickle[1], ("If-Match", "\"5ca1ab1e\"")];
+    assert_eq!(http(&location, "PATCH", &other, fragment), 412);
     let tree = tree_id(&src);
     let Member {
         proc: _leaf,
@@ -245,6 +252,7 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     let c = publisher(&s, &dir, "publisher-c", &whip, &["--seconds", "15"]);
     let c_rtp = rtp_port(&c);
     assert_eq!(c.line("status:", Duration::from_secs(20)), "status: 201");
+    c.line("ready", Duration::from_secs(20));
     let mut ff = ffmpeg_sends(&s, &other, c_rtp);
     let last = &other_file.frames()[m - 1].data;
     let frames = until(
@@ -257,6 +265,11 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     );
     assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
     let resumed_at = assert_run_of_file(&frames[n..], other_file.frames(), "WHIP in, resumed");
+    assert_eq!(
+        (resumed_at, frames.len() - n),
+        (0, m),
+        "every frame of the next publisher's stream"
+    );
     eprintln!(
         "WHIP in (werift publisher, ffmpeg behind it): {n} of {n} frames byte for byte, first \
          {} ms after ffmpeg started; 100 of 100 messages in order; a second publisher 409; after \
@@ -363,6 +376,8 @@ fn libdatachannel_publishes_over_whip() {
         data,
     } = recording_member(&s, &url, &tree);
     let video = sample("testsrc-640x360-vp8.ivf");
+    // libdatachannel drops what is sent before its track opens.
+    p.line("ready", Duration::from_secs(20));
     let started = std::time::Instant::now();
     let mut ff = ffmpeg_sends(&s, &video, rtp);
     let file = VideoFile::open(&video).expect("sample parses");
@@ -373,16 +388,8 @@ fn libdatachannel_publishes_over_whip() {
     assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
     let last = &file.frames()[n - 1].data;
     let frames = recorded_to(&rec, last, Duration::from_secs(20));
-    // From the first keyframe, or the second when webrtc-rs dropped part of
-    // the first: it loses the packets that arrive in the same read as a new
-    // remote track's first one (downstream.rs, the primer), and ffmpeg
-    // behind the publisher cannot answer a keyframe request.
     let start = assert_run_of_file(&frames, file.frames(), "libdatachannel over WHIP");
-    assert!(
-        start <= 30,
-        "from the first or second keyframe, not {start}"
-    );
-    assert_eq!(start + frames.len(), n, "through the file's last frame");
+    assert_eq!((start, frames.len()), (0, n), "every frame of the file");
     let want: Vec<String> = (0..100).map(|i| format!("ndc-{i:04}")).collect();
     let got = messages_at(&data, "ndc-", want.len());
     assert_eq!(
@@ -423,6 +430,8 @@ fn an_ice_restart_keeps_the_publisher_sending() {
     );
     let rtp = rtp_port(&p);
     assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    let location = endpoint(&p, "location:");
+    let first_tag = endpoint(&p, "etag:");
     let tree = tree_id(&src);
     let rec = s.path("leaf.ivf");
     let _leaf = relay(
@@ -437,6 +446,16 @@ fn an_ice_restart_keeps_the_publisher_sending() {
     let mut ff = ffmpeg_sends(&s, &video, rtp);
     assert_eq!(p.line("restart:", Duration::from_secs(20)), "restart: 200");
     let restarted = ivf_frames(&rec).len();
+    // The restart gave the session a new entity tag: a PATCH written for
+    // the ICE session before it is refused (RFC 9725 §4.3.1).
+    let bearer = format!("Bearer {TOKEN}");
+    let stale = [
+        ("Content-Type", "application/trickle-ice-sdpfrag"),
+        ("Authorization", bearer.as_str()),
+        ("If-Match", first_tag.as_str()),
+    ];
+    let fragment = b"a=mid:0\r\na=candidate:9 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    assert_eq!(http(&location, "PATCH", &stale, fragment), 412);
     assert!(ff.wait(Duration::from_secs(20)).success(), "ffmpeg failed");
     let file = VideoFile::open(&video).expect("sample parses");
     let last = &file.frames()[file.frames().len() - 1].data;
@@ -487,30 +506,36 @@ fn h264_over_whip_reaches_a_member_nal_for_nal() {
         &["--k", "0", "--record", rec.to_str().expect("UTF-8 path")],
         "connected to parent",
     );
+    p.line("ready", Duration::from_secs(20));
+    let started = std::time::Instant::now();
     let mut ff = ffmpeg_sends_h264(&s, &published, rtp, None);
     let source = std::fs::read(&published).expect("read the published stream");
     let want: Vec<&[u8]> = annex_b_nal_units(&source).collect();
+    let first = until("a first NAL unit", Duration::from_secs(20), || {
+        std::fs::metadata(&rec)
+            .is_ok_and(|m| m.len() > 0)
+            .then(|| started.elapsed())
+    });
     let last = *want.last().expect("NAL units");
     let recorded = recorded_through(&rec, last, Duration::from_secs(30));
     assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
     let got: Vec<&[u8]> = annex_b_nal_units(&recorded).collect();
-    // From a keyframe on (the first, or the next when webrtc-rs dropped
-    // part of the first: see libdatachannel_publishes_over_whip), every
-    // NAL unit as published.
     let from = want.len() - got.len();
     assert!(
         got[..] == want[from..],
         "the recording is not the published stream's tail"
     );
+    assert_eq!(from, 0, "every NAL unit of the stream");
     let (codec, width, height, frames) = decode_with_ffmpeg(&rec);
     assert_eq!((codec.as_str(), width, height), ("h264", 640, 360));
     let log = src.log_text();
     assert!(log.contains("offered video/H264"), "{log}");
     eprintln!(
         "H.264 over WHIP (node-datachannel): NAL units {from}..{} of {} byte for byte at a \
-         member, {frames} pictures decoded by ffprobe",
+         member, the first {} ms after ffmpeg started; {frames} pictures decoded by ffprobe",
         want.len(),
-        want.len()
+        want.len(),
+        first.as_millis()
     );
 }
 
@@ -631,6 +656,86 @@ fn vp9_and_opus_over_whip_reach_members_byte_for_byte() {
          of 100 messages in order; connected {} ms after the publisher started",
         first.as_millis(),
         heard_summary["first_packet_ms"],
+        summary["connected_ms"]
+    );
+}
+
+/// AV1 over WHIP as OBS sends it: node-datachannel packetizing with
+/// libdatachannel's own AV1 packetizer (one temporal unit per frame), from
+/// an IVF file libaom encoded; a member records it, frame for frame.
+#[test]
+fn av1_over_whip_from_libdatachannels_packetizer() {
+    let Some(dir) = node_drivers_or_skip("AV1 over WHIP") else {
+        return;
+    };
+    if ffmpeg_or_skip("AV1 over WHIP").is_none() {
+        return;
+    }
+    let s = Scratch::new("whip-av1");
+    let av1 = [
+        "-c:v",
+        "libaom-av1",
+        "-usage",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "300k",
+    ];
+    let video = encode_testsrc(&s, "av1.ivf", 10, &av1);
+    let (_sig, url) = signal_server(&s, &[]);
+    let (src, whip) = whip_source(&s, &url);
+    let file = VideoFile::open(&video).expect("libaom's file parses");
+    let n = file.frames().len();
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("whip_publish.mjs"))
+        .args([
+            &whip, "--token", TOKEN, "--stack", "ndc", "--codec", "av1", "--ivf",
+        ])
+        .arg(&video)
+        .args([
+            "--seconds",
+            "16",
+            "--messages",
+            "100",
+            "--messages-at",
+            "3000",
+        ])
+        .args(["--prefix", "av1"]);
+    let p = Proc::spawn_command(&s, "libdatachannel", cmd, false);
+    assert_eq!(p.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let Member {
+        proc: _member,
+        rec,
+        data,
+    } = recording_member(&s, &url, &tree);
+    // The member is there before the publisher's track opens (`ready`),
+    // which starts the file.
+    p.line("ready", Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let first = until("a first frame", Duration::from_secs(20), || {
+        (!ivf_frames(&rec).is_empty()).then(|| started.elapsed())
+    });
+    let frames = recorded_to(&rec, &file.frames()[n - 1].data, Duration::from_secs(20));
+    let start = assert_run_of_file(&frames, file.frames(), "AV1 over WHIP");
+    assert_eq!((start, frames.len()), (0, n), "every AV1 frame of the file");
+    let (codec, width, height, decoded) = decode_with_ffmpeg(&rec);
+    assert_eq!((codec.as_str(), width, height), ("av1", 320, 240));
+    let want: Vec<String> = (0..100).map(|i| format!("av1-{i:04}")).collect();
+    assert_eq!(
+        messages_at(&data, "av1-", 100),
+        want,
+        "messages complete and in order"
+    );
+    let summary = summary(&p, Duration::from_secs(30));
+    assert_eq!(summary["frames_out"], n, "{summary}");
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    eprintln!(
+        "WHIP in (node-datachannel, its AV1 packetizer): frames 0..{n} of {n} byte for byte at a \
+         recording member, the first {} ms after the publisher's track opened, {decoded} pictures \
+         decoded by ffprobe; 100 of 100 messages in order; connected {} ms after it started",
+        first.as_millis(),
         summary["connected_ms"]
     );
 }

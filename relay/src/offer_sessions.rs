@@ -6,6 +6,7 @@
 //! both over HTTP through this trait.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +30,14 @@ pub enum SessionError {
     Unusable(String),
     #[error("no such session: it ended, or never existed")]
     NoSession,
+    /// A PATCH's `If-Match` names another entity tag than the session's
+    /// current one (RFC 9725 §4.3.1): it was written for an ICE session
+    /// that a restart has replaced.
+    #[error(
+        "If-Match {given} is not this session's entity tag {current}: an ICE restart \
+         replaced the session it was meant for"
+    )]
+    TagMismatch { given: String, current: String },
     #[error("could not set up the session: {0}")]
     Failed(#[from] RelayError),
 }
@@ -44,14 +53,35 @@ impl SessionError {
     }
 }
 
+/// A session just set up.
+pub struct Opened {
+    pub id: String,
+    /// Every candidate of this end is in it.
+    pub answer: String,
+    /// The entity tag of its ICE session (an HTTP ETag, quoted).
+    pub tag: String,
+}
+
+/// An ICE restart done: this end's new fragment and the new entity tag.
+pub struct Restarted {
+    pub fragment: String,
+    pub tag: String,
+}
+
 /// Sessions set up by one offer each.
 #[async_trait::async_trait]
 pub trait OfferSessions: Send + Sync {
-    /// Answers `offer`; returns the new session's id and the answer.
-    async fn open(&self, offer: &str) -> Result<(String, String), SessionError>;
+    /// Answers `offer` with a new session.
+    async fn open(&self, offer: &str) -> Result<Opened, SessionError>;
     /// Applies a fragment (RFC 8840) to session `id`: trickled candidates
-    /// (None), or an ICE restart, answered with this end's new fragment.
-    async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError>;
+    /// (None), or an ICE restart. `if_match` is the request's `If-Match`,
+    /// checked first against the session's entity tag.
+    async fn patch(
+        &self,
+        id: &str,
+        fragment: &str,
+        if_match: Option<&str>,
+    ) -> Result<Option<Restarted>, SessionError>;
     /// Ends session `id`.
     async fn end(&self, id: &str) -> Result<(), SessionError>;
 }
@@ -145,26 +175,63 @@ impl Patch {
 }
 
 /// Sends PATCHes to a session's task.
-pub struct Patcher(mpsc::UnboundedSender<Patch>);
+pub struct Patcher {
+    patches: mpsc::UnboundedSender<Patch>,
+    tag: Arc<Mutex<String>>,
+}
 
 impl Patcher {
-    /// Sends `fragment` and waits for the answer if it is a restart.
-    pub async fn send(&self, fragment: &str) -> Result<Option<String>, SessionError> {
+    /// Sends `fragment` if `if_match` allows, and waits for the answer if
+    /// it is a restart.
+    pub async fn send(
+        &self,
+        fragment: &str,
+        if_match: Option<&str>,
+    ) -> Result<Option<Restarted>, SessionError> {
+        let current = self
+            .tag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(given) = if_match.filter(|g| !tag_matches(g, &current)) {
+            return Err(SessionError::TagMismatch {
+                given: given.to_owned(),
+                current,
+            });
+        }
         let (reply, answer) = oneshot::channel();
         let patch = Patch::parse(fragment, reply)?;
         let restart = matches!(patch, Patch::Restart { .. });
-        self.0.send(patch).map_err(|_| SessionError::NoSession)?;
+        self.patches
+            .send(patch)
+            .map_err(|_| SessionError::NoSession)?;
         if !restart {
             return Ok(None);
         }
         match answer.await {
-            Ok(Ok(fragment)) => Ok(Some(fragment)),
+            Ok(Ok(fragment)) => {
+                let tag = new_tag();
+                *self.tag.lock().unwrap_or_else(PoisonError::into_inner) = tag.clone();
+                Ok(Some(Restarted { fragment, tag }))
+            }
             Ok(Err(e)) => Err(SessionError::Unusable(format!(
                 "the ICE restart failed: {e}"
             ))),
             Err(_) => Err(SessionError::NoSession),
         }
     }
+}
+
+/// A new entity tag: it only has to differ from the session's earlier ones.
+fn new_tag() -> String {
+    format!("\"{:016x}\"", rand::random::<u64>())
+}
+
+/// RFC 9110 §13.1.1: `*`, or a list of entity tags one of which is the
+/// current one by strong comparison (a weak tag never matches).
+fn tag_matches(if_match: &str, current: &str) -> bool {
+    let given = if_match.trim();
+    given == "*" || given.split(',').any(|t| t.trim() == current)
 }
 
 /// How long ending a session may take before its task is cut off.
@@ -175,6 +242,8 @@ const END_WAIT: Duration = Duration::from_secs(2);
 pub struct LiveSession {
     pub id: String,
     patches: mpsc::UnboundedSender<Patch>,
+    /// Its entity tag, new after each ICE restart.
+    tag: Arc<Mutex<String>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -191,6 +260,7 @@ impl LiveSession {
         LiveSession {
             id: format!("{:032x}", rand::random::<u128>()),
             patches,
+            tag: Arc::new(Mutex::new(new_tag())),
             stop: Some(stop_tx),
             task: tokio::spawn(session(stop, patches_rx)),
         }
@@ -209,7 +279,23 @@ impl LiveSession {
     /// The way to PATCH it, to use without holding what holds the session
     /// (a restart takes up to the gathering wait).
     pub fn patcher(&self) -> Patcher {
-        Patcher(self.patches.clone())
+        Patcher {
+            patches: self.patches.clone(),
+            tag: self.tag.clone(),
+        }
+    }
+
+    /// What a new session's answer goes out with.
+    pub fn opened(&self, answer: String) -> Opened {
+        Opened {
+            id: self.id.clone(),
+            answer,
+            tag: self
+                .tag
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
     }
 
     /// Stops the task and waits for it to close its connection.
@@ -257,5 +343,16 @@ mod tests {
         );
         let (tx, _) = oneshot::channel();
         assert!(Patch::parse("a=ice-ufrag:abcd\r\n", tx).is_err());
+    }
+
+    #[test]
+    fn if_match_compares_entity_tags_strongly() {
+        let current = "\"00aa\"";
+        assert!(tag_matches("*", current));
+        assert!(tag_matches(" \"00aa\" ", current));
+        assert!(tag_matches("\"0bb\", \"00aa\"", current));
+        assert!(!tag_matches("\"0bb\"", current));
+        assert!(!tag_matches("W/\"00aa\"", current));
+        assert!(!tag_matches("00aa", current));
     }
 }

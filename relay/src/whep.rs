@@ -19,7 +19,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 use crate::downstream::Downstream;
 use crate::forward::Hub;
 use crate::media::Codec;
-use crate::offer_sessions::{LiveSession, OfferSessions, Patch, SessionError};
+use crate::offer_sessions::{LiveSession, OfferSessions, Opened, Patch, Restarted, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::RelayError;
 
@@ -70,7 +70,7 @@ impl WhepEgress {
 
 #[async_trait::async_trait]
 impl OfferSessions for WhepEgress {
-    async fn open(&self, offer: &str) -> Result<(String, String), SessionError> {
+    async fn open(&self, offer: &str) -> Result<Opened, SessionError> {
         let mut viewers = self.viewers.lock().await;
         viewers.retain(LiveSession::is_live);
         if viewers.len() >= self.max {
@@ -113,13 +113,18 @@ impl OfferSessions for WhepEgress {
             )));
         }
         let session = LiveSession::spawn(|stop, patches| run_player(down, events, stop, patches));
-        let id = session.id.clone();
-        info!("WHEP: {remote} (session {id})");
+        let opened = session.opened(answer);
+        info!("WHEP: {remote} (session {})", opened.id);
         viewers.push(session);
-        Ok((id, answer))
+        Ok(opened)
     }
 
-    async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError> {
+    async fn patch(
+        &self,
+        id: &str,
+        fragment: &str,
+        if_match: Option<&str>,
+    ) -> Result<Option<Restarted>, SessionError> {
         let patcher = self
             .viewers
             .lock()
@@ -128,7 +133,7 @@ impl OfferSessions for WhepEgress {
             .find(|v| v.is(id))
             .ok_or(SessionError::NoSession)?
             .patcher();
-        patcher.send(fragment).await
+        patcher.send(fragment, if_match).await
     }
 
     async fn end(&self, id: &str) -> Result<(), SessionError> {

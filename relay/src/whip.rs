@@ -23,7 +23,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::forward::Hub;
 use crate::media::Codec;
-use crate::offer_sessions::{LiveSession, OfferSessions, Patch, SessionError};
+use crate::offer_sessions::{LiveSession, OfferSessions, Opened, Patch, Restarted, SessionError};
 use crate::peer::{Link, LinkConfig, LinkEvent};
 use crate::rtp_sdp;
 use crate::upstream::Upstream;
@@ -63,7 +63,7 @@ impl WhipIngest {
 impl OfferSessions for WhipIngest {
     /// Answers a publisher's offer; returns the new session's id and the
     /// answer, which holds every candidate of this end.
-    async fn open(&self, offer: &str) -> Result<(String, String), SessionError> {
+    async fn open(&self, offer: &str) -> Result<Opened, SessionError> {
         let mut state = self.state.lock().await;
         if state.session.as_ref().is_some_and(LiveSession::is_live) {
             return Err(SessionError::Busy(
@@ -91,14 +91,15 @@ impl OfferSessions for WhipIngest {
         let hub = self.hub.clone();
         let session =
             LiveSession::spawn(|stop, patches| run_session(link, hub, events, stop, patches));
-        let id = session.id.clone();
+        let opened = session.opened(answer);
         info!(
-            "WHIP: a publisher offered {}; session {id}",
+            "WHIP: a publisher offered {}; session {}",
             codecs
                 .iter()
                 .map(|c| c.mime())
                 .collect::<Vec<_>>()
-                .join(" and ")
+                .join(" and "),
+            opened.id
         );
         state.codecs = codecs;
         state.session = Some(session);
@@ -110,12 +111,17 @@ impl OfferSessions for WhipIngest {
         {
             let _ = first.send(());
         }
-        Ok((id, answer))
+        Ok(opened)
     }
 
-    async fn patch(&self, id: &str, fragment: &str) -> Result<Option<String>, SessionError> {
+    async fn patch(
+        &self,
+        id: &str,
+        fragment: &str,
+        if_match: Option<&str>,
+    ) -> Result<Option<Restarted>, SessionError> {
         let patcher = live(&*self.state.lock().await, id)?.patcher();
-        patcher.send(fragment).await
+        patcher.send(fragment, if_match).await
     }
 
     /// Ends session `id`: the tree stays, waiting for the next publisher.

@@ -16,7 +16,8 @@
 // prints on stdout, one per line:
 //   rtp-port: P          where to send video RTP (before anything else)
 //   audio-rtp-port: P    where to send Opus RTP (with --audio)
-//   status: N            the POST's HTTP status, then `location: URL` on 201
+//   status: N            the POST's HTTP status, then on 201 `location: URL`
+//                        and `etag: TAG` (the ETag header as sent)
 //   ready                when its tracks are open: what is sent from now on
 //                        is not dropped here
 //   channel-open         when the data channel opened; the messages follow,
@@ -364,6 +365,7 @@ if (res.status !== 201) {
 } else {
   summary.location = new URL(res.headers.get('location'), opts.url).toString();
   out(`location: ${summary.location}`);
+  out(`etag: ${res.headers.get('etag')}`);
   vlog(`answer:\n${body}`);
   await peer.answer(body);
   let answer = body;
