@@ -16,13 +16,18 @@
 // Before it, when the first data channel opens, it prints the line
 // `channel-open`, so a test knows when messages sent now will be received.
 //
-// With `--create` (TREE_ID is then `-`) it is the tree's source instead (on
-// either stack): it
-// creates the tree and prints `tree: ID` and `rtp-port: P`, offers each
-// child a VP8 track fed with the RTP it receives on that UDP port (from
-// ffmpeg, say) and a data channel `data`, on which it sends --send N
-// numbered messages (PREFIX-0000...) from --send-at MS after its start.
-// Its summary then counts RTP packets in and messages sent.
+// With `--create` (TREE_ID is then `-`) it is the tree's source instead: it
+// creates the tree and prints `tree: ID`, offers each child a video track
+// and a data channel `data`, on which it sends --send N numbered messages
+// (PREFIX-0000...) from --send-at MS after its start, and prints
+// `child-open` when its first child can take media. On werift and ndc it
+// then prints `rtp-port: P` and feeds the VP8 track with the RTP it
+// receives on that UDP port (from ffmpeg, say). On wrtc, libwebrtc encodes:
+// from `child-open` on it paints --frames N numbered 320x240 pictures at
+// 30 frames/s, picture i showing i in binary as 10 vertical stripes (32
+// pixels each, most significant first, white for 1, black for 0), which
+// survive any encoder. Its summary then counts RTP packets in (or
+// pictures painted) and messages sent.
 //
 // With --rtp-out FILE it also writes every RTP packet it received, as it
 // arrived (after SRTP), each behind a 2-byte big-endian length, for the
@@ -34,8 +39,9 @@
 // Usage: node leaf.mjs WS_URL TREE_ID [--seconds N] [--k N] [--role peer]
 //          [--kind video|audio|all] [--messages FILE] [--rtp-out FILE] [--host ADDR]...
 //          [--verbose]
-//        node leaf.mjs WS_URL - --create [--k N] [--send N] [--send-at MS]
-//          [--prefix P] [--seconds N] [--host ADDR]... [--verbose]
+//        node leaf.mjs WS_URL - --create [--stack werift|ndc|wrtc] [--k N]
+//          [--send N] [--send-at MS] [--prefix P] [--frames N] [--seconds N]
+//          [--host ADDR]... [--verbose]
 //
 // Exit codes: 0 after the summary; 1 when the signalling server could not be
 // reached or refused the join (the summary is still printed); 2 usage error.
@@ -63,7 +69,8 @@ import {
 const USAGE =
   'usage: node leaf.mjs WS_URL TREE_ID [--seconds N] [--k N] [--role peer|browser|relay] ' +
   '[--kind video|audio|all] [--messages FILE] [--rtp-out FILE] [--host ADDR]... [--verbose]\n' +
-  '       node leaf.mjs WS_URL - --create [--k N] [--send N] [--send-at MS] [--prefix P] ...';
+  '       node leaf.mjs WS_URL - --create [--stack werift|ndc|wrtc] [--k N] [--send N] [--send-at MS] ' +
+  '[--prefix P] [--frames N] ...';
 
 function parseArgs(argv) {
   const opts = {
@@ -81,6 +88,7 @@ function parseArgs(argv) {
     prefix: 'werift',
     stack: 'werift',
     framesOut: null,
+    frames: 300,
   };
   const pos = [];
   for (let i = 0; i < argv.length; i++) {
@@ -99,6 +107,7 @@ function parseArgs(argv) {
     else if (a === '--create') opts.create = true;
     else if (a === '--stack') opts.stack = val();
     else if (a === '--frames-out') opts.framesOut = val();
+    else if (a === '--frames') opts.frames = Number(val());
     else if (a === '--send') opts.send = Number(val());
     else if (a === '--send-at') opts.sendAt = Number(val());
     else if (a === '--prefix') opts.prefix = val();
@@ -116,7 +125,9 @@ function parseArgs(argv) {
   if (!Number.isInteger(opts.k) || opts.k < 0) throw new Error('--k must be a non-negative integer');
   if (!['video', 'audio', 'all'].includes(opts.kind)) throw new Error('--kind must be video, audio or all');
   if (!['werift', 'ndc', 'wrtc'].includes(opts.stack)) throw new Error('--stack must be werift, ndc or wrtc');
-  if (opts.stack === 'wrtc' && opts.create) throw new Error('--create is werift or ndc');
+  if (!Number.isInteger(opts.frames) || opts.frames < 1 || opts.frames > 1023) {
+    throw new Error('--frames must be 1..1023 (10 stripes number them)');
+  }
   return opts;
 }
 
@@ -510,16 +521,26 @@ const children = new Map(); // peer -> { peer, pc, track, queue, early }
 let createdTree = null;
 let rtpPort = null;
 
-// `tree:` then `rtp-port:`, once both are known, in that order.
+// `tree:` then `rtp-port:`, once both are known, in that order (wrtc has
+// no RTP port: it encodes its own pictures).
 function announce() {
-  if (createdTree === null || rtpPort === null) return;
-  process.stdout.write(`tree: ${createdTree}\nrtp-port: ${rtpPort}\n`);
+  if (createdTree === null || (rtpPort === null && opts.stack !== 'wrtc')) return;
+  process.stdout.write(`tree: ${createdTree}\n`);
+  if (rtpPort !== null) process.stdout.write(`rtp-port: ${rtpPort}\n`);
+}
+
+// `child-open`, once: the first child can take media from now on.
+let childOpen = false;
+function onChildOpen() {
+  if (childOpen) return;
+  childOpen = true;
+  process.stdout.write('child-open\n');
+  if (opts.stack === 'wrtc') paintFrames();
 }
 let sent = 0;
 
-if (opts.create) {
+if (opts.create && opts.stack !== 'wrtc') {
   stats.rtp_in = 0;
-  stats.sent = 0;
   const udp = dgram.createSocket('udp4');
   udp.on('message', (msg) => {
     stats.rtp_in++;
@@ -528,6 +549,9 @@ if (opts.create) {
   await new Promise((resolve) => udp.bind(0, '127.0.0.1', resolve));
   rtpPort = udp.address().port;
   announce();
+}
+if (opts.create) {
+  stats.sent = 0;
   const sendNext = () => {
     if (sent >= opts.send) return;
     const text = `${opts.prefix}-${String(sent).padStart(4, '0')}`;
@@ -541,7 +565,72 @@ if (opts.create) {
 function openChild(peer) {
   log(`child ${peer}`);
   if (opts.stack === 'ndc') openNdcChild(peer);
+  else if (opts.stack === 'wrtc') openWrtcChild(peer);
   else openWeriftChild(peer);
+}
+
+// The wrtc source's pictures, one track for every child.
+const WIDTH = 320;
+const HEIGHT = 240;
+const STRIPES = 10;
+let videoSource = null;
+let videoTrack = null;
+function wrtcTrack() {
+  if (videoTrack === null) {
+    videoSource = new wrtc.nonstandard.RTCVideoSource();
+    videoTrack = videoSource.createTrack();
+  }
+  return videoTrack;
+}
+
+// Picture i: luma white (235) or black (16) per stripe for i's bits, chroma
+// grey.
+function picture(i) {
+  const data = new Uint8ClampedArray((WIDTH * HEIGHT * 3) / 2).fill(128);
+  const stripe = WIDTH / STRIPES;
+  for (let y = 0; y < HEIGHT; y++) {
+    for (let x = 0; x < WIDTH; x++) {
+      const bit = (i >> (STRIPES - 1 - Math.floor(x / stripe))) & 1;
+      data[y * WIDTH + x] = bit ? 235 : 16;
+    }
+  }
+  return { width: WIDTH, height: HEIGHT, data };
+}
+
+function paintFrames() {
+  stats.painted = 0;
+  const start = performance.now();
+  const next = () => {
+    if (stats.painted >= opts.frames) return;
+    videoSource.onFrame(picture(stats.painted));
+    stats.painted++;
+    const due = start + (stats.painted * 1000) / 30;
+    setTimeout(next, Math.max(0, due - performance.now()));
+  };
+  next();
+}
+
+async function openWrtcChild(peer) {
+  const pc = new wrtc.RTCPeerConnection({
+    iceServers: iceServers.map((s) => ({ urls: s.urls, username: s.username, credential: s.credential })),
+  });
+  pc.addTransceiver(wrtcTrack(), { direction: 'sendonly' });
+  const dc = pc.createDataChannel('data');
+  const c = {
+    peer,
+    pc,
+    queue: Promise.resolve(),
+    early: [],
+    send: (text) => dc.readyState === 'open' && dc.send(text),
+  };
+  children.set(peer, c);
+  pc.onicecandidate = (e) => signal(peer, { candidate: e.candidate ? e.candidate.toJSON() : null });
+  pc.onconnectionstatechange = () => {
+    log(`child ${peer}: connection ${pc.connectionState}`);
+    if (pc.connectionState === 'connected') onChildOpen();
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  signal(peer, { sdp: { type: 'offer', sdp: pc.localDescription.sdp } });
 }
 
 async function openWeriftChild(peer) {
@@ -568,7 +657,10 @@ async function openWeriftChild(peer) {
   };
   children.set(peer, c);
   pc.onIceCandidate.subscribe((cand) => signal(peer, { candidate: cand ? cand.toJSON() : null }));
-  pc.connectionStateChange.subscribe((s) => log(`child ${peer}: connection ${s}`));
+  pc.connectionStateChange.subscribe((s) => {
+    log(`child ${peer}: connection ${s}`);
+    if (s === 'connected') onChildOpen();
+  });
   await pc.setLocalDescription(await pc.createOffer());
   signal(peer, { sdp: { type: 'offer', sdp: pc.localDescription.sdp } });
 }
@@ -594,6 +686,8 @@ function openNdcChild(peer) {
   video.addVP8Codec(96);
   video.addSSRC(ssrc, 'video', 'stream', 'video');
   const track = pc.addTrack(video);
+  // libdatachannel drops what is sent to a track before it opens.
+  track.onOpen(() => onChildOpen());
   const dc = pc.createDataChannel('data');
   const c = {
     peer,
