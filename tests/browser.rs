@@ -675,3 +675,224 @@ async fn browser_vanishing_mid_handshake_leaves_no_state_in_the_relay() {
     let snap = tree_snapshot(&url, &tree).await;
     assert_eq!(snap["size"], 2, "only the source and the relay: {snap}");
 }
+
+/// What `tests/chrome/offer_http.js` installs in a page: `whipPublish`,
+/// `whepPlay`, `endSession`, and `window.offerHttp`.
+const OFFER_HTTP_JS: &str = include_str!("chrome/offer_http.js");
+
+/// The bearer token of the WHIP tests.
+const TOKEN: &str = "s3cret";
+
+/// A page of the signalling server's origin (loopback: a secure context,
+/// so the fake camera works) with `offer_http.js` in it.
+async fn offer_http_page(chrome: &Chrome, name: &str, ws_url: &str) -> Page {
+    let page = chrome
+        .page(
+            name,
+            &format!("http://{}/peer-tree-client.js", http_addr(ws_url)),
+        )
+        .await;
+    page.eval(OFFER_HTTP_JS).await;
+    page
+}
+
+/// FNV-1a, 32 bits: what `offer_http.js` hashes each encoded frame with.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Where `got` starts in `of` (read around from its end when `wrap`, as a
+/// looping file is sent), asserting every next frame follows unbroken.
+fn unbroken_run(got: &[u32], of: &[u32], wrap: bool, what: &str) -> usize {
+    let first = got.first().unwrap_or_else(|| panic!("{what}: no frame"));
+    let start = of
+        .iter()
+        .position(|h| h == first)
+        .unwrap_or_else(|| panic!("{what}: the first frame is not one sent"));
+    for (i, h) in got.iter().enumerate() {
+        let at = if wrap {
+            (start + i) % of.len()
+        } else {
+            start + i
+        };
+        assert!(
+            of.get(at) == Some(h),
+            "{what}: frame {i} is not sent frame {at}"
+        );
+    }
+    start
+}
+
+/// The page's `offerHttp.errors`, for a failure's text.
+async fn page_errors(page: &Page) -> serde_json::Value {
+    page.eval("return offerHttp.errors").await
+}
+
+/// (e) Chromium as a WHIP publisher (its fake camera and microphone, VP8
+/// and Opus, and a data channel): a recording member below the source gets
+/// every frame Chromium's encoder made from the one it starts at, byte for
+/// byte, and every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_publishes_over_whip_frame_for_frame() {
+    let Some((chromium, driver)) = chrome::tools("browser WHIP publisher", &["ffprobe"]) else {
+        return;
+    };
+    let _one = one_at_a_time().await;
+    let s = Scratch::new("browser-whip");
+    let (_sig, url) = signal_server(&s, &[]);
+    let args = ["source", "--whip", "127.0.0.1:0", "--whip-token", TOKEN];
+    let src = Proc::spawn(
+        &s,
+        "source",
+        &[&args[..], &["--signal", &url]].concat(),
+        false,
+    );
+    let whip = endpoint(&src, "whip:");
+    let chrome = Chrome::start(&s, &chromium, &driver);
+    let page = offer_http_page(&chrome, "publisher", &url).await;
+    let posted = Instant::now();
+    let status = page
+        .eval(&format!(
+            "return whipPublish({}, {})",
+            serde_json::json!(whip),
+            serde_json::json!(TOKEN)
+        ))
+        .await;
+    assert_eq!(status, 201, "{}", page_errors(&page).await);
+    let tree = tree_id(&src);
+    let Member {
+        proc: mut member,
+        rec,
+        data,
+    } = recording_member(&s, &url, &tree);
+    page.eval("return offerHttp.channelOpen.then(() => true)")
+        .await;
+    page.eval("offerHttp.send(100, 'web'); return true").await;
+    let first = eventually("a first frame", Duration::from_secs(20), || async {
+        (!ivf_frames(&rec).is_empty()).then(|| posted.elapsed())
+    })
+    .await;
+    let want: Vec<String> = (0..100).map(|i| format!("web-{i:04}")).collect();
+    assert_eq!(
+        messages_at(&data, "web-", 100),
+        want,
+        "Chromium's messages, in order"
+    );
+    eventually("150 recorded frames", Duration::from_secs(30), || async {
+        (ivf_frames(&rec).len() >= 150).then_some(())
+    })
+    .await;
+    // A clean stop finishes the IVF header before ffmpeg reads it.
+    member.signal("INT");
+    assert!(member.wait(Duration::from_secs(10)).success());
+    let recorded: Vec<u32> = ivf_frames(&rec).iter().map(|f| fnv1a(f)).collect();
+    let sent: Vec<u32> = serde_json::from_value(page.eval("return offerHttp.hashes").await)
+        .expect("hashes are numbers");
+    let from = unbroken_run(&recorded, &sent, false, "Chromium over WHIP");
+    let (codec, w, h, decoded) = decode_with_ffmpeg(&rec);
+    assert_eq!((codec.as_str(), w, h), ("vp8", 640, 360));
+    assert_eq!(
+        decoded,
+        recorded.len() as u64,
+        "every recorded frame decodes"
+    );
+    let log = src.log_text();
+    assert!(log.contains("offered audio/opus and video/VP8"), "{log}");
+    let member_log = member.log_text();
+    assert!(
+        member_log.contains("audio/opus"),
+        "the member has no audio track:\n{member_log}"
+    );
+    let deleted = page
+        .eval(&format!("return endSession({})", serde_json::json!(TOKEN)))
+        .await;
+    assert_eq!(deleted, 200);
+    println!(
+        "(e) Chromium over WHIP (VP8 + Opus): a member recorded {} frames, byte for byte \
+         Chromium's encoded frames {from}..{} of the {} it had hashed, the first {} ms after the \
+         POST; ffmpeg decoded all {decoded} ({w}x{h}); 100 of 100 messages in order; DELETE 200",
+        recorded.len(),
+        from + recorded.len(),
+        sent.len(),
+        first.as_millis()
+    );
+    page.close().await;
+}
+
+/// (f) Chromium as a WHEP player of a relay: it decodes the sample and
+/// gets, through its encoded transform, the file's frames byte for byte,
+/// and the source's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_plays_over_whep_frame_for_frame() {
+    let Some((chromium, driver)) = chrome::tools("browser WHEP player", &[]) else {
+        return;
+    };
+    let _one = one_at_a_time().await;
+    let s = Scratch::new("browser-whep");
+    let (_sig, url) = signal_server(&s, &[]);
+    let video = sample("testsrc-640x360-vp8.ivf");
+    let (mut src, tree) = looping_source(&s, &url, &video);
+    let relay = relay(
+        &s,
+        "relay",
+        &url,
+        &tree,
+        &["--k", "1", "--whep", "127.0.0.1:0"],
+        "connected to parent",
+    );
+    let whep = endpoint(&relay, "whep:");
+    until("media at the relay", Duration::from_secs(10), || {
+        log_has(&relay, "media from the parent")
+    });
+    let chrome = Chrome::start(&s, &chromium, &driver);
+    let page = offer_http_page(&chrome, "player", &url).await;
+    let posted = Instant::now();
+    let status = page
+        .eval(&format!("return whepPlay({})", serde_json::json!(whep)))
+        .await;
+    assert_eq!(status, 201, "{}", page_errors(&page).await);
+    let stdin = src.stdin.as_mut().expect("source stdin");
+    warm_up(stdin, "the WHEP player", || async {
+        let m: Vec<String> =
+            serde_json::from_value(page.eval("return offerHttp.messages").await).expect("strings");
+        m.iter().any(|m| m == "warmup")
+    })
+    .await;
+    let sent = send_numbered(stdin, 200);
+    let got = eventually("200 messages", Duration::from_secs(20), || async {
+        let m: Vec<String> =
+            serde_json::from_value(page.eval("return offerHttp.messages").await).expect("strings");
+        let m: Vec<String> = m.into_iter().filter(|m| m.starts_with("msg-")).collect();
+        (m.len() >= sent.len()).then_some(m)
+    })
+    .await;
+    assert_eq!(got, sent, "messages complete and in order");
+    let (decoded, w, h) = eventually("150 decoded frames", Duration::from_secs(30), || async {
+        let v = page
+            .eval("return [offerHttp.framesDecoded, offerHttp.frameWidth, offerHttp.frameHeight]")
+            .await;
+        let (d, w, h): (u64, u32, u32) = serde_json::from_value(v).expect("numbers");
+        (d >= 150).then_some((d, w, h))
+    })
+    .await;
+    assert_eq!((w, h), (640, 360));
+    let played = posted.elapsed();
+    let hashes: Vec<u32> = serde_json::from_value(page.eval("return offerHttp.hashes").await)
+        .expect("hashes are numbers");
+    let file = relay::source::VideoFile::open(&video).expect("sample parses");
+    let file_hashes: Vec<u32> = file.frames().iter().map(|f| fnv1a(&f.data)).collect();
+    let from = unbroken_run(&hashes, &file_hashes, true, "Chromium over WHEP");
+    let first_ms = page.eval("return offerHttp.firstFrameMs").await;
+    let deleted = page.eval("return endSession()").await;
+    assert_eq!(deleted, 200);
+    println!(
+        "(f) Chromium over WHEP from a relay: {} frames byte for byte from file frame {from} \
+         on, {decoded} decoded ({w}x{h}) {} ms after the POST, the first {first_ms} ms after \
+         it; 200 of 200 messages in order; DELETE 200",
+        hashes.len(),
+        played.as_millis()
+    );
+    page.close().await;
+}
