@@ -1,6 +1,7 @@
 //! Browsers and relays mixed in one tree, with real headless Chromium: the
 //! watch page (and so peer-tree-client.js) joins, plays, forwards and can be
-//! the source. Without Chromium these tests say they were skipped, unless
+//! the source; and Chromium publishes over WHIP and plays over WHEP
+//! (tests/chrome/offer_http.js). Without Chromium these tests say they were skipped, unless
 //! PEER_TREE_REQUIRE_BROWSER is set (CI), which makes that a failure.
 //!
 //! Run with `--nocapture` to see the figures each scenario measured.
@@ -730,7 +731,7 @@ async fn page_errors(page: &Page) -> serde_json::Value {
     page.eval("return offerHttp.errors").await
 }
 
-/// (e) Chromium as a WHIP publisher (its fake camera and microphone, VP8
+/// (f) Chromium as a WHIP publisher (its fake camera and microphone, VP8
 /// and Opus, and a data channel): a recording member below the source gets
 /// every frame Chromium's encoder made from the one it starts at, byte for
 /// byte, and every message.
@@ -810,7 +811,7 @@ async fn a_browser_publishes_over_whip_frame_for_frame() {
         .await;
     assert_eq!(deleted, 200);
     println!(
-        "(e) Chromium over WHIP (VP8 + Opus): a member recorded {} frames, byte for byte \
+        "(f) Chromium over WHIP (VP8 + Opus): a member recorded {} frames, byte for byte \
          Chromium's encoded frames {from}..{} of the {} it had hashed, the first {} ms after the \
          POST; ffmpeg decoded all {decoded} ({w}x{h}); 100 of 100 messages in order; DELETE 200",
         recorded.len(),
@@ -821,7 +822,7 @@ async fn a_browser_publishes_over_whip_frame_for_frame() {
     page.close().await;
 }
 
-/// (f) Chromium as a WHEP player of a relay: it decodes the sample and
+/// (g) Chromium as a WHEP player of a relay: it decodes the sample and
 /// gets, through its encoded transform, the file's frames byte for byte,
 /// and the source's messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -888,7 +889,7 @@ async fn a_browser_plays_over_whep_frame_for_frame() {
     let deleted = page.eval("return endSession()").await;
     assert_eq!(deleted, 200);
     println!(
-        "(f) Chromium over WHEP from a relay: {} frames byte for byte from file frame {from} \
+        "(g) Chromium over WHEP from a relay: {} frames byte for byte from file frame {from} \
          on, {decoded} decoded ({w}x{h}) {} ms after the POST, the first {first_ms} ms after \
          it; 200 of 200 messages in order; DELETE 200",
         hashes.len(),
