@@ -41,6 +41,38 @@ fn whip_source(s: &Scratch, url: &str) -> (Proc, String) {
     (src, whip)
 }
 
+/// A tree waiting for its WHIP publisher, and what the test needs around
+/// it. Fields drop in reverse order: the processes first, the scratch
+/// directory last.
+struct WhipTree {
+    s: Scratch,
+    /// tests/interop, the drivers.
+    dir: std::path::PathBuf,
+    _sig: Proc,
+    url: String,
+    src: Proc,
+    /// The source's WHIP endpoint.
+    whip: String,
+}
+
+/// A signalling server and a source serving WHIP (scratch `slug`), or None
+/// (the test skipped) without the node drivers or what `needs` checks.
+fn whip_tree(test: &str, slug: &str, needs: fn(&str) -> Option<()>) -> Option<WhipTree> {
+    let dir = node_drivers_or_skip(test)?;
+    needs(test)?;
+    let s = Scratch::new(slug);
+    let (sig, url) = signal_server(&s, &[]);
+    let (src, whip) = whip_source(&s, &url);
+    Some(WhipTree {
+        s,
+        dir,
+        _sig: sig,
+        url,
+        src,
+        whip,
+    })
+}
+
 /// A werift publisher POSTing to `url`; its stdout lines say what happened.
 fn publisher(s: &Scratch, dir: &Path, name: &str, url: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new("node");
@@ -95,15 +127,17 @@ fn summary(p: &Proc, within: Duration) -> serde_json::Value {
 
 #[test]
 fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
-    let Some(dir) = node_drivers_or_skip("WHIP publisher") else {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("WHIP publisher", "whip", ffmpeg_or_skip)
+    else {
         return;
     };
-    if ffmpeg_or_skip("WHIP publisher").is_none() {
-        return;
-    }
-    let s = Scratch::new("whip");
-    let (_sig, url) = signal_server(&s, &[]);
-    let (src, whip) = whip_source(&s, &url);
 
     // Refused, each with its status, before any publisher is there.
     let sdp = [("Content-Type", "application/sdp")];
@@ -282,15 +316,17 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
 
 #[test]
 fn gstreamer_webrtcbin_publishes_over_whip() {
-    let Some(dir) = node_drivers_or_skip("GStreamer WHIP publisher") else {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("GStreamer WHIP publisher", "whip-gst", gstreamer_or_skip)
+    else {
         return;
     };
-    if gstreamer_or_skip("GStreamer WHIP publisher").is_none() {
-        return;
-    }
-    let s = Scratch::new("whip-gst");
-    let (_sig, url) = signal_server(&s, &[]);
-    let (src, whip) = whip_source(&s, &url);
     let video = sample("testsrc-640x360-vp8.ivf");
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.arg(dir.join("gst_whip.py"))
@@ -340,15 +376,17 @@ fn gstreamer_webrtcbin_publishes_over_whip() {
 /// publisher, with ffmpeg behind it.
 #[test]
 fn libdatachannel_publishes_over_whip() {
-    let Some(dir) = node_drivers_or_skip("libdatachannel WHIP publisher") else {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("libdatachannel WHIP publisher", "whip-ndc", ffmpeg_or_skip)
+    else {
         return;
     };
-    if ffmpeg_or_skip("libdatachannel WHIP publisher").is_none() {
-        return;
-    }
-    let s = Scratch::new("whip-ndc");
-    let (_sig, url) = signal_server(&s, &[]);
-    let (src, whip) = whip_source(&s, &url);
     let p = publisher(
         &s,
         &dir,
@@ -412,15 +450,17 @@ fn libdatachannel_publishes_over_whip() {
 /// and its media goes on through the restarted session.
 #[test]
 fn an_ice_restart_keeps_the_publisher_sending() {
-    let Some(dir) = node_drivers_or_skip("WHIP ICE restart") else {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("WHIP ICE restart", "whip-restart", ffmpeg_or_skip)
+    else {
         return;
     };
-    if ffmpeg_or_skip("WHIP ICE restart").is_none() {
-        return;
-    }
-    let s = Scratch::new("whip-restart");
-    let (_sig, url) = signal_server(&s, &[]);
-    let (src, whip) = whip_source(&s, &url);
     let p = publisher(
         &s,
         &dir,
@@ -477,16 +517,18 @@ fn an_ice_restart_keeps_the_publisher_sending() {
 /// ffmpeg behind it; a member records it as Annex B.
 #[test]
 fn h264_over_whip_reaches_a_member_nal_for_nal() {
-    let Some(dir) = node_drivers_or_skip("H.264 over WHIP") else {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("H.264 over WHIP", "whip-h264", ffmpeg_or_skip)
+    else {
         return;
     };
-    if ffmpeg_or_skip("H.264 over WHIP").is_none() {
-        return;
-    }
-    let s = Scratch::new("whip-h264");
     let published = encode_h264(&s);
-    let (_sig, url) = signal_server(&s, &[]);
-    let (src, whip) = whip_source(&s, &url);
     let p = publisher(
         &s,
         &dir,
@@ -545,15 +587,17 @@ fn h264_over_whip_reaches_a_member_nal_for_nal() {
 /// byte from the first.
 #[test]
 fn vp9_and_opus_over_whip_reach_members_byte_for_byte() {
-    let Some(dir) = node_drivers_or_skip("VP9 and Opus over WHIP") else {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("VP9 and Opus over WHIP", "whip-vp9-opus", ffmpeg_or_skip)
+    else {
         return;
     };
-    if ffmpeg_or_skip("VP9 and Opus over WHIP").is_none() {
-        return;
-    }
-    let s = Scratch::new("whip-vp9-opus");
-    let (_sig, url) = signal_server(&s, &[]);
-    let (src, whip) = whip_source(&s, &url);
     let p = publisher(
         &s,
         &dir,
@@ -665,13 +709,17 @@ fn vp9_and_opus_over_whip_reach_members_byte_for_byte() {
 /// an IVF file libaom encoded; a member records it, frame for frame.
 #[test]
 fn av1_over_whip_from_libdatachannels_packetizer() {
-    let Some(dir) = node_drivers_or_skip("AV1 over WHIP") else {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("AV1 over WHIP", "whip-av1", ffmpeg_or_skip)
+    else {
         return;
     };
-    if ffmpeg_or_skip("AV1 over WHIP").is_none() {
-        return;
-    }
-    let s = Scratch::new("whip-av1");
     let av1 = [
         "-c:v",
         "libaom-av1",
@@ -683,8 +731,6 @@ fn av1_over_whip_from_libdatachannels_packetizer() {
         "300k",
     ];
     let video = encode_testsrc(&s, "av1.ivf", 10, &av1);
-    let (_sig, url) = signal_server(&s, &[]);
-    let (src, whip) = whip_source(&s, &url);
     let file = VideoFile::open(&video).expect("libaom's file parses");
     let n = file.frames().len();
     let mut cmd = Command::new("node");
