@@ -1,13 +1,15 @@
 //! WHIP in (RFC 9725): `source --whip` takes a publisher's session.
 //!
-//! The publishers are independent stacks: werift
-//! (tests/interop/whip_publish.mjs) forwarding what ffmpeg sends it, and
+//! The publishers are independent stacks: werift and node-datachannel
+//! (tests/interop/whip_publish.mjs) forwarding what ffmpeg sends them (VP8,
+//! VP9, H.264, Opus) or, for AV1, libdatachannel's own packetizer, and
 //! GStreamer's webrtcbin (tests/interop/gst_whip.py) playing the sample; a
 //! recording relay below the source gets their frames byte for byte and
 //! their data messages in order.
 //! Bad requests get the RFC's status codes before any publisher is there, a
 //! second publisher gets 409 while the first sends, and after the first one
-//! DELETEs its session the tree stays, and the next publisher resumes it.
+//! DELETEs its session (or dies without) the tree stays, its member keeps
+//! its parent, and the next publisher resumes it.
 
 mod common;
 
@@ -118,6 +120,22 @@ fn encode_testsrc(s: &Scratch, name: &str, seconds: u32, encoder: &[&str]) -> st
 fn encode_vp8(s: &Scratch) -> std::path::PathBuf {
     let vp8 = ["-c:v", "libvpx", "-b:v", "300k", "-deadline", "realtime"];
     encode_testsrc(s, "other.ivf", 3, &vp8)
+}
+
+/// Asserts `member` stayed with the parent it first connected to: while
+/// the tree waited for a publisher, the source's padding kept it from
+/// taking the silence for a dead parent.
+fn kept_its_parent(member: &Proc) {
+    let log = member.log_text();
+    assert_eq!(
+        (
+            log.matches("connected to parent").count(),
+            log.contains("another parent")
+        ),
+        (1, false),
+        "{}: it left its parent while the tree waited:\n{log}",
+        member.name
+    );
 }
 
 /// The summary a publisher prints last.
@@ -241,7 +259,7 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     assert_eq!(http(&location, "PATCH", &other, fragment), 412);
     let tree = tree_id(&src);
     let Member {
-        proc: _leaf,
+        proc: leaf,
         rec,
         data,
     } = recording_member(&s, &url, &tree);
@@ -299,6 +317,7 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     );
     assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
     let resumed_at = assert_run_of_file(&frames[n..], other_file.frames(), "WHIP in, resumed");
+    kept_its_parent(&leaf);
     assert_eq!(
         (resumed_at, frames.len() - n),
         (0, m),
@@ -783,5 +802,94 @@ fn av1_over_whip_from_libdatachannels_packetizer() {
          decoded by ffprobe; 100 of 100 messages in order; connected {} ms after it started",
         first.as_millis(),
         summary["connected_ms"]
+    );
+}
+
+/// A publisher killed without DELETE: its session ends when its connection
+/// fails, the next publisher (409 until then, as a reconnecting OBS would
+/// see) resumes the tree, and the member never leaves its parent.
+#[test]
+fn a_publisher_that_dies_is_followed_by_the_next() {
+    let Some(WhipTree {
+        s,
+        dir,
+        _sig,
+        url,
+        src,
+        whip,
+    }) = whip_tree("WHIP publisher that dies", "whip-dies", ffmpeg_or_skip)
+    else {
+        return;
+    };
+    let mut a = publisher(&s, &dir, "publisher-a", &whip, &["--seconds", "60"]);
+    let a_rtp = rtp_port(&a);
+    assert_eq!(a.line("status:", Duration::from_secs(20)), "status: 201");
+    let tree = tree_id(&src);
+    let Member {
+        proc: member,
+        rec,
+        data: _,
+    } = recording_member(&s, &url, &tree);
+    a.line("ready", Duration::from_secs(20));
+    let mut ff = ffmpeg_sends(&s, &sample("testsrc-640x360-vp8.ivf"), a_rtp);
+    until(
+        "60 frames of the first publisher",
+        Duration::from_secs(20),
+        || (ivf_frames(&rec).len() >= 60).then_some(()),
+    );
+    a.kill();
+    ff.kill();
+    let died = std::time::Instant::now();
+    let other = encode_vp8(&s);
+    let other_file = VideoFile::open(&other).expect("the new stream parses");
+    let m = other_file.frames().len();
+    let mut tries = 0;
+    let (b, b_rtp) = loop {
+        tries += 1;
+        let b = publisher(
+            &s,
+            &dir,
+            &format!("publisher-b{tries}"),
+            &whip,
+            &["--seconds", "15"],
+        );
+        let b_rtp = rtp_port(&b);
+        match b.line("status:", Duration::from_secs(20)).as_str() {
+            "status: 201" => break (b, b_rtp),
+            "status: 409" => {}
+            other => panic!("publisher b: {other}"),
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(20),
+            "the dead publisher's session still holds the tree after {tries} tries"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let replaced = died.elapsed();
+    b.line("ready", Duration::from_secs(20));
+    let n = ivf_frames(&rec).len();
+    let mut ff = ffmpeg_sends(&s, &other, b_rtp);
+    let last = &other_file.frames()[m - 1].data;
+    let frames = until(
+        "the next stream's last frame",
+        Duration::from_secs(30),
+        || {
+            let f = ivf_frames(&rec);
+            (f.len() > n && f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
+        },
+    );
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let from = assert_run_of_file(&frames[n..], other_file.frames(), "after the death");
+    assert_eq!(
+        (from, frames.len() - n),
+        (0, m),
+        "every frame of the next stream"
+    );
+    kept_its_parent(&member);
+    eprintln!(
+        "WHIP publisher killed without DELETE: the next publisher got 201 {} ms after (try \
+         {tries}; 409 before), its frames 0..{m} of {m} byte for byte at the same member, which \
+         kept its parent throughout",
+        replaced.as_millis()
     );
 }

@@ -309,6 +309,45 @@ impl TrackHub {
             .forget();
     }
 
+    /// When no media went out for `quiet` (a WHIP source between
+    /// publishers, or with one that died and is not noticed yet): a
+    /// padding-only packet to every leg, next in the children's numbering.
+    /// A member takes a parent whose media stopped for a dead one
+    /// (parent_watch.rs) and would leave it, though the tree only waits for
+    /// its next publisher; padding is media enough, and every relay passes
+    /// it on.
+    pub fn keep_alive(&self, quiet: Duration) {
+        let now = Instant::now();
+        let packet = {
+            let mut out = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+            let (splice, repairs) = &mut *out;
+            let Some(p) = splice.filler(now, quiet) else {
+                return;
+            };
+            // Its number went out: a late repair mapped onto it is not sent.
+            repairs.admit(
+                p.header.sequence_number,
+                p.header.timestamp,
+                self.spec.codec.clock_rate(),
+            );
+            p
+        };
+        // In the group too: a child that starts from it gets every number.
+        self.gop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(&packet, self.spec.codec, now);
+        let queued = Queued {
+            packet,
+            at: now,
+            gap_before: false,
+        };
+        for leg in self.current_legs().iter() {
+            // A full queue has media enough in it.
+            let _ = leg.tx.try_send(queued.clone());
+        }
+    }
+
     /// The packets since the current keyframe began, for a child starting
     /// mid-group (see `gop`).
     pub fn gop_snapshot(&self) -> Option<Vec<Packet>> {

@@ -114,6 +114,29 @@ impl Splice {
         self.said_waiting = false;
     }
 
+    /// A padding-only packet next in the children's numbering, at the
+    /// newest timestamp, if no media went out for `quiet` (None too before
+    /// anything was sent): what a track sends to say it is alive while
+    /// nothing feeds it (`TrackHub::keep_alive`). The current upstream's
+    /// later packets move one number up, past it; the time of the newest
+    /// media stays, and a stream joined later is timed from it.
+    pub fn filler(&mut self, now: Instant, quiet: Duration) -> Option<Packet> {
+        let (seq, ts, at) = self.last?;
+        if now.saturating_duration_since(at) < quiet {
+            return None;
+        }
+        let seq = seq.wrapping_add(1);
+        self.last = Some((seq, ts, at));
+        self.seq_offset = self.seq_offset.wrapping_add(1);
+        let mut p = Packet::default();
+        p.header.version = 2;
+        p.header.padding = true;
+        p.header.sequence_number = seq;
+        p.header.timestamp = ts;
+        p.header.ssrc = self.ssrc.unwrap_or_default();
+        Some(p)
+    }
+
     /// Whether the packet [`Splice::map`] just sent follows a gap that will
     /// never fill (a join at a keyframe): a consumer in this process that
     /// waits for holes to fill (the recorder) need not wait for this one.
@@ -257,6 +280,40 @@ mod tests {
         };
         s.sent(&sent);
         Some((sent.header.sequence_number, sent.header.timestamp))
+    }
+
+    #[test]
+    fn fillers_take_numbers_of_their_own_while_the_track_is_quiet() {
+        let (vp8c, quiet) = (Codec::Vp8, Duration::from_millis(500));
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = Splice::default();
+        assert!(r.filler(t0, quiet).is_none(), "nothing sent yet");
+        assert_eq!(
+            out(&mut r, vp8(100, 9000, 1, 0, true), vp8c, t0),
+            Some((100, 9000))
+        );
+        assert!(r.filler(at(499), quiet).is_none(), "not quiet yet");
+        let f = r.filler(at(500), quiet).expect("a filler");
+        assert_eq!(
+            (
+                f.header.sequence_number,
+                f.header.timestamp,
+                f.header.padding
+            ),
+            (101, 9000, true)
+        );
+        assert!(f.payload.is_empty());
+        assert_eq!(
+            r.filler(at(1000), quiet).map(|f| f.header.sequence_number),
+            Some(102)
+        );
+        // The same upstream, back: after the fillers, with its own timing.
+        assert_eq!(
+            out(&mut r, vp8(101, 12000, 2, 0, false), vp8c, at(1100)),
+            Some((103, 12000))
+        );
+        assert!(r.filler(at(1200), quiet).is_none());
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! on to the publisher.
 //!
 //! One publisher at a time. When its session ends (DELETE, or its connection
-//! fails) the tree stays: its tracks wait unfed, members keep their
-//! connections, and the next publisher's tracks are spliced on (the hub
+//! fails) the tree stays: its tracks wait unfed, sending padding from half
+//! a second without media on, which keeps members from taking the silence
+//! for a dead parent, so members keep their connections, and the next publisher's tracks are spliced on (the hub
 //! reuses an unfed track of the same codec), so a publisher that reconnects
 //! resumes the same tree. For that the tree keeps the codec of each kind it
 //! started with: later publishers are answered in that codec only.
@@ -16,6 +17,7 @@
 //! (offer_sessions.rs).
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -44,10 +46,30 @@ struct State {
     sessions_started: u64,
 }
 
+/// How often, and after how long without media, the tracks say they are
+/// alive while no publisher feeds them (none, or one whose connection died
+/// and is not noticed yet): well inside a member's 1.5 s of silence before
+/// it leaves its parent.
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
+
 impl WhipIngest {
     /// An ingest feeding `hub`, and what resolves when the first publisher's
-    /// session is set up.
+    /// session is set up. Between publishers its tracks keep their members
+    /// (`TrackHub::keep_alive`), for as long as the hub lives.
     pub fn new(cfg: LinkConfig, hub: Arc<Hub>) -> (Arc<WhipIngest>, oneshot::Receiver<()>) {
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEEP_ALIVE);
+            loop {
+                tick.tick().await;
+                let Some(hub) = weak.upgrade() else {
+                    return;
+                };
+                for t in hub.tracks() {
+                    t.keep_alive(KEEP_ALIVE);
+                }
+            }
+        });
         let (tx, rx) = oneshot::channel();
         let ingest = WhipIngest {
             cfg,

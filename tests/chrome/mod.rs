@@ -237,6 +237,14 @@ impl Drop for Chrome {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // A browser that was still shutting down when chromedriver went
+        // (a page that used the fake camera can take a while), or whose
+        // test failed before closing it, is left to init: end every one
+        // started with a profile of this test.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", "--"])
+            .arg(format!("--user-data-dir={}", self.profiles.display()))
+            .status();
     }
 }
 
