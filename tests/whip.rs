@@ -138,6 +138,39 @@ fn kept_its_parent(member: &Proc) {
     );
 }
 
+/// ffmpeg sends `other` to the next publisher's `rtp` port, and the member
+/// recording `rec` (`n` frames before it) gets every frame of it, from the
+/// first, byte for byte; returns how many.
+fn next_stream_recorded(
+    s: &Scratch,
+    rec: &Path,
+    n: usize,
+    other: &Path,
+    rtp: std::net::SocketAddr,
+    what: &str,
+) -> usize {
+    let file = VideoFile::open(other).expect("the new stream parses");
+    let m = file.frames().len();
+    let mut ff = ffmpeg_sends(s, other, rtp);
+    let last = &file.frames()[m - 1].data;
+    let frames = until(
+        "the next stream's last frame",
+        Duration::from_secs(30),
+        || {
+            let f = ivf_frames(rec);
+            (f.len() > n && f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
+        },
+    );
+    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
+    let from = assert_run_of_file(&frames[n..], file.frames(), what);
+    assert_eq!(
+        (from, frames.len() - n),
+        (0, m),
+        "{what}: every frame of the next stream"
+    );
+    m
+}
+
 /// The summary a publisher prints last.
 fn summary(p: &Proc, within: Duration) -> serde_json::Value {
     serde_json::from_str(&p.line("{", within)).expect("summary JSON")
@@ -299,35 +332,17 @@ fn a_whip_publisher_feeds_a_tree_that_outlives_it() {
     // Another stream: the same file again would be taken for a repeat of
     // what the tree already sent (splice.rs).
     let other = encode_vp8(&s);
-    let other_file = VideoFile::open(&other).expect("the new stream parses");
-    let m = other_file.frames().len();
     let c = publisher(&s, &dir, "publisher-c", &whip, &["--seconds", "15"]);
     let c_rtp = rtp_port(&c);
     assert_eq!(c.line("status:", Duration::from_secs(20)), "status: 201");
     c.line("ready", Duration::from_secs(20));
-    let mut ff = ffmpeg_sends(&s, &other, c_rtp);
-    let last = &other_file.frames()[m - 1].data;
-    let frames = until(
-        "the second stream's last frame",
-        Duration::from_secs(30),
-        || {
-            let f = ivf_frames(&rec);
-            (f.len() > n && f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
-        },
-    );
-    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
-    let resumed_at = assert_run_of_file(&frames[n..], other_file.frames(), "WHIP in, resumed");
+    let m = next_stream_recorded(&s, &rec, n, &other, c_rtp, "WHIP in, resumed");
     kept_its_parent(&leaf);
-    assert_eq!(
-        (resumed_at, frames.len() - n),
-        (0, m),
-        "every frame of the next publisher's stream"
-    );
     eprintln!(
         "WHIP in (werift publisher, ffmpeg behind it): {n} of {n} frames byte for byte, first \
          {} ms after ffmpeg started; 100 of 100 messages in order; a second publisher 409; after \
-         DELETE the next publisher resumed the tree: its frames {resumed_at}..{m} of {m} byte for \
-         byte at the same member",
+         DELETE the next publisher resumed the tree: its frames 0..{m} of {m} byte for byte at \
+         the same member",
         first_frame.as_millis(),
         m = m
     );
@@ -841,8 +856,6 @@ fn a_publisher_that_dies_is_followed_by_the_next() {
     ff.kill();
     let died = std::time::Instant::now();
     let other = encode_vp8(&s);
-    let other_file = VideoFile::open(&other).expect("the new stream parses");
-    let m = other_file.frames().len();
     let mut tries = 0;
     let (b, b_rtp) = loop {
         tries += 1;
@@ -868,23 +881,7 @@ fn a_publisher_that_dies_is_followed_by_the_next() {
     let replaced = died.elapsed();
     b.line("ready", Duration::from_secs(20));
     let n = ivf_frames(&rec).len();
-    let mut ff = ffmpeg_sends(&s, &other, b_rtp);
-    let last = &other_file.frames()[m - 1].data;
-    let frames = until(
-        "the next stream's last frame",
-        Duration::from_secs(30),
-        || {
-            let f = ivf_frames(&rec);
-            (f.len() > n && f.last().map(|l| &l[..]) == Some(&last[..])).then_some(f)
-        },
-    );
-    assert!(ff.wait(Duration::from_secs(10)).success(), "ffmpeg failed");
-    let from = assert_run_of_file(&frames[n..], other_file.frames(), "after the death");
-    assert_eq!(
-        (from, frames.len() - n),
-        (0, m),
-        "every frame of the next stream"
-    );
+    let m = next_stream_recorded(&s, &rec, n, &other, b_rtp, "after the death");
     kept_its_parent(&member);
     eprintln!(
         "WHIP publisher killed without DELETE: the next publisher got 201 {} ms after (try \
