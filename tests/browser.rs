@@ -704,28 +704,6 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
-/// Where `got` starts in `of` (read around from its end when `wrap`, as a
-/// looping file is sent), asserting every next frame follows unbroken.
-fn unbroken_run(got: &[u32], of: &[u32], wrap: bool, what: &str) -> usize {
-    let first = got.first().unwrap_or_else(|| panic!("{what}: no frame"));
-    let start = of
-        .iter()
-        .position(|h| h == first)
-        .unwrap_or_else(|| panic!("{what}: the first frame is not one sent"));
-    for (i, h) in got.iter().enumerate() {
-        let at = if wrap {
-            (start + i) % of.len()
-        } else {
-            start + i
-        };
-        assert!(
-            of.get(at) == Some(h),
-            "{what}: frame {i} is not sent frame {at}"
-        );
-    }
-    start
-}
-
 /// The page's `offerHttp.errors`, for a failure's text.
 async fn page_errors(page: &Page) -> serde_json::Value {
     page.eval("return offerHttp.errors").await
@@ -835,18 +813,7 @@ async fn a_browser_plays_over_whep_frame_for_frame() {
     let (_sig, url) = signal_server(&s, &[]);
     let video = sample("testsrc-640x360-vp8.ivf");
     let (mut src, tree) = looping_source(&s, &url, &video);
-    let relay = relay(
-        &s,
-        "relay",
-        &url,
-        &tree,
-        &["--k", "1", "--whep", "127.0.0.1:0"],
-        "connected to parent",
-    );
-    let whep = endpoint(&relay, "whep:");
-    until("media at the relay", Duration::from_secs(10), || {
-        log_has(&relay, "media from the parent")
-    });
+    let (_relay, whep) = whep_relay(&s, &url, &tree, &[]);
     let chrome = Chrome::start(&s, &chromium, &driver);
     let page = offer_http_page(&chrome, "player", &url).await;
     let posted = Instant::now();

@@ -35,12 +35,9 @@ fn libdatachannel_leaf_below_a_relay_gets_every_frame_and_message() {
 
 #[test]
 fn gstreamer_leaf_below_a_relay_gets_every_frame_and_message() {
-    let Some(dir) = node_drivers_or_skip("GStreamer leaf") else {
+    let Some(dir) = drivers_and("GStreamer leaf", gstreamer_or_skip) else {
         return;
     };
-    if gstreamer_or_skip("GStreamer leaf").is_none() {
-        return;
-    }
     leaf_below_a_relay("gstreamer", |url, tree| {
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(dir.join("gst_leaf.py"))
@@ -131,12 +128,9 @@ fn libdatachannel_source_feeds_a_recording_relay_byte_for_byte() {
 /// `stack` as the parent of a relay: it creates the tree (leaf.mjs
 /// --create), forwards ffmpeg's RTP to its child, and sends messages.
 fn source_above_a_recording_relay(stack: &str) {
-    let Some(dir) = node_drivers_or_skip(&format!("{stack} source")) else {
+    let Some(dir) = drivers_and(&format!("{stack} source"), ffmpeg_or_skip) else {
         return;
     };
-    if ffmpeg_or_skip(&format!("{stack} source")).is_none() {
-        return;
-    }
     let s = Scratch::new(&format!("interop-{stack}-source"));
     let (_sig, url) = signal_server(&s, &[]);
     let mut node = Command::new("node");
@@ -198,12 +192,9 @@ fn source_above_a_recording_relay(stack: &str) {
 /// creates the tree and plays the sample to its child when it arrives.
 #[test]
 fn gstreamer_source_feeds_a_recording_relay_byte_for_byte() {
-    let Some(dir) = node_drivers_or_skip("GStreamer source") else {
+    let Some(dir) = drivers_and("GStreamer source", gstreamer_or_skip) else {
         return;
     };
-    if gstreamer_or_skip("GStreamer source").is_none() {
-        return;
-    }
     let s = Scratch::new("interop-gstreamer-source");
     let (_sig, url) = signal_server(&s, &[]);
     let video = sample("testsrc-640x360-vp8.ivf");
@@ -246,12 +237,9 @@ fn gstreamer_source_feeds_a_recording_relay_byte_for_byte() {
 /// picture's MD5, in the file's order.
 #[test]
 fn libwebrtc_leaf_below_a_relay_decodes_the_files_pictures() {
-    let Some(dir) = node_drivers_or_skip("libwebrtc leaf") else {
+    let Some(dir) = drivers_and("libwebrtc leaf", ffmpeg_or_skip) else {
         return;
     };
-    if ffmpeg_or_skip("libwebrtc leaf").is_none() {
-        return;
-    }
     let s = Scratch::new("interop-wrtc");
     let (_sig, url) = signal_server(&s, &[]);
     let video = sample("testsrc-640x360-vp8.ivf");
@@ -374,12 +362,9 @@ fn decoded_md5s(video: &std::path::Path) -> Vec<String> {
 /// show them in order, each one cleanly one of the numbers painted.
 #[test]
 fn libwebrtc_source_feeds_a_recording_relay_its_pictures_in_order() {
-    let Some(dir) = node_drivers_or_skip("libwebrtc source") else {
+    let Some(dir) = drivers_and("libwebrtc source", ffmpeg_or_skip) else {
         return;
     };
-    if ffmpeg_or_skip("libwebrtc source").is_none() {
-        return;
-    }
     let s = Scratch::new("interop-wrtc-source");
     let (_sig, url) = signal_server(&s, &[]);
     let painted = 150;

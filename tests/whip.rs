@@ -60,8 +60,7 @@ struct WhipTree {
 /// A signalling server and a source serving WHIP (scratch `slug`), or None
 /// (the test skipped) without the node drivers or what `needs` checks.
 fn whip_tree(test: &str, slug: &str, needs: fn(&str) -> Option<()>) -> Option<WhipTree> {
-    let dir = node_drivers_or_skip(test)?;
-    needs(test)?;
+    let dir = drivers_and(test, needs)?;
     let s = Scratch::new(slug);
     let (sig, url) = signal_server(&s, &[]);
     let (src, whip) = whip_source(&s, &url);

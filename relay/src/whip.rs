@@ -7,9 +7,9 @@
 //! One publisher at a time. When its session ends (DELETE, or its connection
 //! fails) the tree stays: its tracks wait unfed, sending padding from half
 //! a second without media on, which keeps members from taking the silence
-//! for a dead parent, so members keep their connections, and the next publisher's tracks are spliced on (the hub
-//! reuses an unfed track of the same codec), so a publisher that reconnects
-//! resumes the same tree. For that the tree keeps the codec of each kind it
+//! for a dead parent, so members keep their connections; and the next
+//! publisher's tracks are spliced on (the hub reuses an unfed track of the
+//! same codec), so a publisher that reconnects resumes the same tree. For that the tree keeps the codec of each kind it
 //! started with: later publishers are answered in that codec only.
 //!
 //! HTTP itself (methods, status codes, tokens) is the binary's; this module
@@ -83,8 +83,8 @@ impl WhipIngest {
 
 #[async_trait::async_trait]
 impl OfferSessions for WhipIngest {
-    /// Answers a publisher's offer; returns the new session's id and the
-    /// answer, which holds every candidate of this end.
+    /// Answers a publisher's offer with a new session, whose answer holds
+    /// every candidate of this end.
     async fn open(&self, offer: &str) -> Result<Opened, SessionError> {
         let mut state = self.state.lock().await;
         if state.session.as_ref().is_some_and(LiveSession::is_live) {

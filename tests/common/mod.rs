@@ -353,18 +353,31 @@ pub(crate) fn assert_run_of_file(
     file: &[relay::source::Frame],
     what: &str,
 ) -> usize {
-    let first = recorded
+    let recorded: Vec<&[u8]> = recorded.iter().map(|f| &f[..]).collect();
+    let file: Vec<&[u8]> = file.iter().map(|f| &f.data[..]).collect();
+    unbroken_run(&recorded, &file, true, what)
+}
+
+/// Where `got` starts in `of` (read around from its end when `wrap`, as a
+/// looping file is sent), asserting that every next item follows
+/// unbroken: frames, packets' payloads or their hashes.
+pub(crate) fn unbroken_run<T: PartialEq>(got: &[T], of: &[T], wrap: bool, what: &str) -> usize {
+    let first = got
         .first()
-        .unwrap_or_else(|| panic!("{what}: nothing recorded"));
-    let start = file
+        .unwrap_or_else(|| panic!("{what}: nothing received"));
+    let start = of
         .iter()
-        .position(|f| f.data[..] == first[..])
-        .unwrap_or_else(|| panic!("{what}: the first recorded frame is not one of the file's"));
-    for (i, f) in recorded.iter().enumerate() {
-        let at = (start + i) % file.len();
+        .position(|x| x == first)
+        .unwrap_or_else(|| panic!("{what}: the first received is not one sent"));
+    for (i, x) in got.iter().enumerate() {
+        let at = if wrap {
+            (start + i) % of.len()
+        } else {
+            start + i
+        };
         assert!(
-            file[at].data[..] == f[..],
-            "{what}: recorded frame {i} differs from file frame {at}"
+            of.get(at) == Some(x),
+            "{what}: received {i} is not sent {at}"
         );
     }
     start
@@ -759,6 +772,15 @@ pub(crate) fn node_drivers_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The driver directory, if node and the drivers' packages are there and
+/// so is what `needs` checks for (ffmpeg, GStreamer); None (the test
+/// skipped, each missing piece said why) otherwise.
+pub(crate) fn drivers_and(test: &str, needs: fn(&str) -> Option<()>) -> Option<PathBuf> {
+    let dir = node_drivers_or_skip(test)?;
+    needs(test)?;
+    Some(dir)
+}
+
 /// The packets a node driver's `--rtp-out` wrote (tests/interop), each behind its 2-byte length.
 pub(crate) fn packets_written(path: &std::path::Path) -> Vec<rtc::rtp::packet::Packet> {
     let bytes = std::fs::read(path).expect("the driver's RTP file");
@@ -938,20 +960,21 @@ pub(crate) fn opus_run_of_file(
     let base = by_seq.first().map_or(0, |p| p.header.sequence_number);
     by_seq.sort_by_key(|p| p.header.sequence_number.wrapping_sub(base) as i16);
     by_seq.dedup_by_key(|p| p.header.sequence_number);
-    let first = by_seq
-        .first()
-        .unwrap_or_else(|| panic!("{what}: no audio packet"));
-    let from = file
-        .iter()
-        .position(|f| f.data[..] == first.payload[..])
-        .unwrap_or_else(|| panic!("{what}: the first packet is not one of the file's"));
-    for (i, p) in by_seq.iter().enumerate() {
-        let at = from + i;
-        assert!(
-            at < file.len() && file[at].data[..] == p.payload[..],
-            "{what}: packet {i} (sequence {}) is not file packet {at}",
-            p.header.sequence_number
-        );
-    }
+    let payloads: Vec<&[u8]> = by_seq.iter().map(|p| &p.payload[..]).collect();
+    let file: Vec<&[u8]> = file.iter().map(|f| &f.data[..]).collect();
+    let from = unbroken_run(&payloads, &file, false, what);
     (from, by_seq.len())
+}
+
+/// A relay of `tree` (k 1) serving WHEP on loopback, `extra` besides, and
+/// its WHEP URL, once media from its parent reached it: before that a
+/// player's offer gets 409 (nothing to play yet).
+pub(crate) fn whep_relay(s: &Scratch, url: &str, tree: &str, extra: &[&str]) -> (Proc, String) {
+    let args = [&["--k", "1", "--whep", "127.0.0.1:0"][..], extra].concat();
+    let relay = relay(s, "relay", url, tree, &args, "connected to parent");
+    let whep = endpoint(&relay, "whep:");
+    until("media at the relay", Duration::from_secs(10), || {
+        log_has(&relay, "media from the parent")
+    });
+    (relay, whep)
 }

@@ -411,12 +411,18 @@ function gotMessage(label, data) {
   vlog(`message on ${label}: ${binary ? `${data.length} bytes` : JSON.stringify(data).slice(0, 120)}`);
 }
 
+// The server's ICE servers as libwebrtc (wrtc) takes them, for a leaf's
+// link and for a source's children.
+function wrtcIceServers() {
+  return iceServers.map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+}
+
 // The same leaf on @roamhq/wrtc: the browser's API, so `apply` below serves
 // it as it serves werift; pictures come decoded.
 const framesOut = [];
 function openWrtcLink(peer) {
   const pc = new wrtc.RTCPeerConnection({
-    iceServers: iceServers.map((s) => ({ urls: s.urls, username: s.username, credential: s.credential })),
+    iceServers: wrtcIceServers(),
   });
   const l = { peer, pc, queue: Promise.resolve(), early: [], held: [] };
   pc.onicecandidate = (e) => {
@@ -612,7 +618,7 @@ function paintFrames() {
 
 async function openWrtcChild(peer) {
   const pc = new wrtc.RTCPeerConnection({
-    iceServers: iceServers.map((s) => ({ urls: s.urls, username: s.username, credential: s.credential })),
+    iceServers: wrtcIceServers(),
   });
   pc.addTransceiver(wrtcTrack(), { direction: 'sendonly' });
   const dc = pc.createDataChannel('data');
